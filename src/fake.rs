@@ -1,0 +1,126 @@
+//! An in-memory remote for unit tests: a tree of files, request counters, injected faults.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crate::error::RemoteError;
+use crate::remote::{EntryKind, Remote, RemoteEntry, Sink};
+
+#[derive(Default)]
+pub struct FakeRemote {
+    files: Mutex<HashMap<String, Vec<u8>>>,
+    pub lists: AtomicU64,
+    pub reads: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Every listing fails as if the server were unreachable.
+    pub fail_lists: std::sync::atomic::AtomicBool,
+    /// Break every transfer after this many bytes (0 = never).
+    pub break_after: AtomicU64,
+    /// Ranged reads seen: (path, offset, bytes delivered).
+    pub log: Mutex<Vec<(String, u64, u64)>>,
+}
+
+impl FakeRemote {
+    pub fn with_file(path: &str, data: Vec<u8>) -> FakeRemote {
+        let r = FakeRemote::default();
+        r.put(path, data);
+        r
+    }
+
+    pub fn put(&self, path: &str, data: Vec<u8>) {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_string(), data);
+    }
+
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no data files.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+impl Remote for FakeRemote {
+    fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        if self.fail_lists.load(Ordering::SeqCst) {
+            return Err(RemoteError::Timeout(format!("listing {dir}")));
+        }
+        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<RemoteEntry> = Vec::new();
+        for (path, data) in files.iter() {
+            let Some(rest) = path.strip_prefix(&prefix) else { continue };
+            let (name, kind, size) = match rest.split_once('/') {
+                Some((d, _)) => (d, EntryKind::Dir, 0),
+                None => (rest, EntryKind::File, data.len() as u64),
+            };
+            if out.iter().any(|e| e.name == name) {
+                continue;
+            }
+            out.push(RemoteEntry {
+                name: name.to_string(),
+                kind,
+                size,
+                mtime: SystemTime::UNIX_EPOCH,
+                perm: None,
+                link_target: None,
+            });
+        }
+        if out.is_empty() && dir != "/" {
+            return Err(RemoteError::Unavailable(dir.to_string()));
+        }
+        Ok(out)
+    }
+
+    fn read_from(&self, path: &str, offset: u64, size: u64, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let data = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .cloned()
+            .ok_or_else(|| RemoteError::Unavailable(path.to_string()))?;
+        if data.len() as u64 != size {
+            return Err(RemoteError::Changed(path.to_string()));
+        }
+        let limit = self.break_after.load(Ordering::SeqCst);
+        let mut pos = offset as usize;
+        let mut delivered = 0u64;
+        while pos < data.len() {
+            let end = (pos + 64 * 1024).min(data.len());
+            if limit > 0 && delivered >= limit {
+                self.log.lock().unwrap_or_else(|p| p.into_inner()).push((path.into(), offset, delivered));
+                return Err(RemoteError::Partial {
+                    delivered,
+                    cause: Box::new(RemoteError::Connect(std::io::ErrorKind::ConnectionReset.into())),
+                });
+            }
+            let chunk = &data[pos..end];
+            self.bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            delivered += chunk.len() as u64;
+            pos = end;
+            if !sink(chunk) {
+                break;
+            }
+        }
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push((path.into(), offset, delivered));
+        Ok(delivered)
+    }
+}

@@ -1,0 +1,336 @@
+//! One logged-in FTPS control connection, and the commands mastfs sends on it.
+//!
+//! suppaftp does the wire work; this module adds what a file system needs on top: timeouts on
+//! every socket, errors sorted into `RemoteError`, bounded listings, and ranged reads that stop
+//! early and then prove the control connection is back in step before it is reused.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use suppaftp::types::FileType;
+use suppaftp::{FtpError, Mode, RustlsFtpStream, Status};
+
+use super::tls::{TimeoutConnector, per_connection};
+use crate::error::RemoteError;
+use crate::remote::Sink;
+
+/// Where and how to log in.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub implicit: bool,
+    pub epsv: bool,
+    pub user: String,
+    pub password: crate::config::Secret,
+    pub timeout: Duration,
+}
+
+/// A listing larger than this is refused rather than buffered without bound.
+const MAX_LISTING_BYTES: u64 = 256 << 20;
+/// Size of one read from the data connection.
+const READ_CHUNK: usize = 256 << 10;
+
+/// How a ranged read ended.
+pub struct Transfer {
+    pub delivered: u64,
+    /// The control connection is known to be in step and may go back to the pool.
+    pub reusable: bool,
+    /// The transfer was stopped with ABOR before the end of the file.
+    pub aborted: bool,
+}
+
+pub struct Conn {
+    ftp: RustlsFtpStream,
+    pub mlsd: bool,
+    /// Last time this connection did work for a reader (keep-alive NOOPs do not count).
+    pub last_used: Instant,
+    /// Last time anything was exchanged, NOOPs included.
+    pub last_contact: Instant,
+}
+
+impl Conn {
+    /// Connects, secures (explicit `AUTH TLS` or implicit), logs in and switches to binary.
+    pub fn open(ep: &Endpoint, tls: &ClientConfig) -> Result<Conn, RemoteError> {
+        let addr = resolve(&ep.host, ep.port)?;
+        let config = per_connection(tls);
+        let connector = TimeoutConnector::new(config, ep.timeout);
+        let mut ftp = if ep.implicit {
+            // suppaftp's implicit connect has no connect timeout of its own; a timed probe
+            // first turns an unreachable host into a prompt error instead of a minutes-long hang.
+            drop(connect_tcp(addr, ep.timeout)?);
+            RustlsFtpStream::connect_secure_implicit(addr, connector, &ep.host)
+                .map_err(|e| classify_tls_setup(e, "implicit TLS"))?
+        } else {
+            let tcp = connect_tcp(addr, ep.timeout)?;
+            let plain = RustlsFtpStream::connect_with_stream(tcp).map_err(|e| classify(e, "greeting"))?;
+            plain.into_secure(connector, &ep.host).map_err(|e| classify_tls_setup(e, "AUTH TLS / PROT P"))?
+        };
+        let timeout = ep.timeout;
+        ftp = ftp.passive_stream_builder(move |addr: SocketAddr| {
+            let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(FtpError::ConnectionError)?;
+            tcp.set_read_timeout(Some(timeout)).map_err(FtpError::ConnectionError)?;
+            tcp.set_write_timeout(Some(timeout)).map_err(FtpError::ConnectionError)?;
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        });
+        // The PASV address is often a private or wrong one behind NAT (MAST's own FAQ reports
+        // PASV trouble for external hosts); the control connection's peer is always reachable.
+        ftp.set_passive_nat_workaround(true);
+        ftp.set_mode(if ep.epsv { Mode::ExtendedPassive } else { Mode::Passive });
+        ftp.login(ep.user.as_str(), ep.password.expose()).map_err(|e| match e {
+            FtpError::UnexpectedResponse(r) if r.status == Status::NotLoggedIn => RemoteError::Login(reply_text(&r)),
+            other => classify(other, "login"),
+        })?;
+        // REST offsets are byte offsets only in binary mode.
+        ftp.transfer_type(FileType::Binary).map_err(|e| classify(e, "TYPE I"))?;
+        let mlsd = match ftp.feat() {
+            // RFC 3659: the MLST feature line announces MLSD as well.
+            Ok(features) => features.keys().any(|k| k.eq_ignore_ascii_case("MLST") || k.eq_ignore_ascii_case("MLSD")),
+            Err(_) => false,
+        };
+        let now = Instant::now();
+        Ok(Conn { ftp, mlsd, last_used: now, last_contact: now })
+    }
+
+    /// Lists `dir` (an absolute path) as raw lines, MLSD when offered, LIST otherwise.
+    pub fn list_lines(&mut self, dir: &str) -> Result<Vec<String>, RemoteError> {
+        let command = if self.mlsd {
+            format!("MLSD {dir}")
+        } else {
+            // LIST arguments are parsed as options and globs by some servers (vsftpd treats a
+            // name starting with '-' or containing '*' specially); from inside the directory
+            // no argument is needed at all.
+            self.ftp.cwd(dir).map_err(|e| classify(e, "CWD"))?;
+            "LIST -a".to_string()
+        };
+        let (_, mut stream) = self
+            .ftp
+            .custom_data_command(&command, &[Status::AboutToSend, Status::AlreadyOpen])
+            .map_err(|e| classify(e, &command))?;
+        let mut lines = Vec::new();
+        let read = {
+            let mut reader = BufReader::new((&mut stream).take(MAX_LISTING_BYTES + 1));
+            read_lines(&mut reader, &mut lines)
+        };
+        match read {
+            Ok(total) if total > MAX_LISTING_BYTES => {
+                let _ = self.ftp.abort(stream);
+                return Err(RemoteError::Protocol(format!("listing of {dir} exceeds {MAX_LISTING_BYTES} bytes")));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                drop(stream);
+                return Err(io_error(e, "listing data"));
+            }
+        }
+        stream.finish().map_err(|e| classify(e, "end of listing"))?;
+        self.last_used = Instant::now();
+        Ok(lines)
+    }
+
+    /// `REST offset` + `RETR path`, feeding the sink until it declines or the file ends.
+    ///
+    /// Errors after some bytes arrived are `RemoteError::Partial`.
+    pub fn read_from(
+        &mut self,
+        path: &str,
+        offset: u64,
+        size: u64,
+        sink: &mut Sink<'_>,
+    ) -> Result<Transfer, RemoteError> {
+        let start = usize::try_from(offset).map_err(|_| RemoteError::Protocol(format!("offset {offset} too large")))?;
+        self.ftp.resume_transfer(start).map_err(|e| classify(e, "REST"))?;
+        // The RETR reply is read here (not via retr_as_stream) because servers such as vsftpd
+        // announce the file's size in it: a file replaced on the server since it was listed is
+        // caught before a single byte of the new version is mixed into the old one.
+        let (reply, stream) = self
+            .ftp
+            .custom_data_command(format!("RETR {path}"), &[Status::AboutToSend, Status::AlreadyOpen])
+            .map_err(|e| classify(e, "RETR"))?;
+        if let Some(announced) = announced_size(&reply_text(&reply))
+            && announced != size
+        {
+            let _ = self.ftp.abort(stream);
+            return Err(RemoteError::Changed(format!(
+                "{path}: server announces {announced} bytes, listing said {size}"
+            )));
+        }
+        let mut stream = stream;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut delivered = 0u64;
+        let mut stopped_early = false;
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // The data connection broke or stalled: the control connection's state is
+                    // unknown, so it is not reused.
+                    let cause = io_error(e, "data connection");
+                    drop(stream);
+                    return Err(partial(delivered, cause));
+                }
+            };
+            delivered += n as u64;
+            if !sink(&buf[..n]) {
+                stopped_early = true;
+                break;
+            }
+        }
+        self.last_used = Instant::now();
+        // A sink that stops exactly at the end of the file has seen the whole transfer: it is
+        // finished normally, not aborted (ABOR after a completed transfer costs a reply and
+        // leaves replies out of step on some servers).
+        if !stopped_early || offset.saturating_add(delivered) >= size {
+            // All bytes arrived; an odd closing reply only costs the connection.
+            let reusable = stream.finish().is_ok();
+            return Ok(Transfer { delivered, reusable, aborted: false });
+        }
+        // Servers end an aborted transfer differently (vsftpd: 426 then 225; pure-ftpd: one
+        // 226; pyftpdlib: 426 at once), and a transfer that completed just before ABOR adds a
+        // 226 of its own. Whatever suppaftp's abort() made of it, a NOOP must then be answered
+        // by 200; anything else means replies are out of step and the connection is dropped.
+        let _ = self.ftp.abort(stream);
+        let in_step = matches!(
+            self.ftp.custom_command("NOOP", &[Status::CommandOk]),
+            Ok(r) if r.status == Status::CommandOk
+        );
+        Ok(Transfer { delivered, reusable: in_step, aborted: true })
+    }
+
+    /// Keep-alive probe for an idle pooled connection.
+    pub fn noop(&mut self) -> bool {
+        self.last_contact = Instant::now();
+        self.ftp.noop().is_ok()
+    }
+
+    pub fn quit(mut self) {
+        let _ = self.ftp.quit();
+    }
+}
+
+/// The size in a `150 ... (N bytes)` reply, as vsftpd and ProFTPD send it.
+fn announced_size(reply: &str) -> Option<u64> {
+    let open = reply.rfind('(')?;
+    let inner = &reply[open + 1..];
+    let close = inner.find(')')?;
+    let mut words = inner[..close].split_whitespace();
+    let n = words.next()?.parse().ok()?;
+    matches!(words.next(), Some("bytes")).then_some(n)
+}
+
+fn read_lines(reader: &mut impl BufRead, lines: &mut Vec<String>) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        let n = reader.read_until(b'\n', &mut raw)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+        let line = raw.strip_suffix(b"\n").unwrap_or(&raw);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !line.is_empty() {
+            lines.push(String::from_utf8_lossy(line).into_owned());
+        }
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, RemoteError> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| RemoteError::Connect(io::Error::new(e.kind(), format!("cannot resolve {host}: {e}"))))?
+        .next()
+        .ok_or_else(|| RemoteError::Connect(io::Error::new(io::ErrorKind::NotFound, format!("no address for {host}"))))
+}
+
+fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, RemoteError> {
+    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => RemoteError::Timeout(format!("connecting to {addr}")),
+        _ => RemoteError::Connect(io::Error::new(e.kind(), format!("{addr}: {e}"))),
+    })?;
+    tcp.set_read_timeout(Some(timeout)).map_err(RemoteError::Connect)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(RemoteError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+fn partial(delivered: u64, cause: RemoteError) -> RemoteError {
+    if delivered == 0 { cause } else { RemoteError::Partial { delivered, cause: Box::new(cause) } }
+}
+
+fn reply_text(r: &suppaftp::types::Response) -> String {
+    let text = String::from_utf8_lossy(&r.body);
+    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    text.trim().to_string()
+}
+
+fn io_error(e: io::Error, what: &str) -> RemoteError {
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        return RemoteError::Tls(format!("{what}: {tls}"));
+    }
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => RemoteError::Timeout(what.to_string()),
+        _ => RemoteError::Connect(io::Error::new(e.kind(), format!("{what}: {e}"))),
+    }
+}
+
+/// Sorts a suppaftp error into the kinds the rest of mastfs acts on.
+fn classify(e: FtpError, what: &str) -> RemoteError {
+    match e {
+        FtpError::ConnectionError(io) => io_error(io, what),
+        FtpError::SecureError(m) => RemoteError::Tls(format!("{what}: {m}")),
+        FtpError::UnexpectedResponse(r) => {
+            let text = reply_text(&r);
+            let code = r.status.code();
+            if code == 421 || (code == 530 && looks_like_too_many(&text)) {
+                RemoteError::TooManyConnections(text)
+            } else if code == 530 {
+                RemoteError::Login(text)
+            } else if matches!(code, 450 | 550 | 553) {
+                RemoteError::Unavailable(format!("{what}: {text}"))
+            } else {
+                RemoteError::Protocol(format!("{what}: unexpected reply {text}"))
+            }
+        }
+        other => RemoteError::Protocol(format!("{what}: {other}")),
+    }
+}
+
+/// During TLS setup a refusal is a TLS problem: the server does not offer what we require.
+fn classify_tls_setup(e: FtpError, what: &str) -> RemoteError {
+    match e {
+        FtpError::UnexpectedResponse(r) if r.status.code() != 421 => RemoteError::Tls(format!(
+            "server refused {what} ({}); mastfs never falls back to plain FTP",
+            reply_text(&r)
+        )),
+        other => classify(other, what),
+    }
+}
+
+fn looks_like_too_many(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("too many") || t.contains("no more") || t.contains("maximum number")
+}
+
+/// Shared handle to a TLS template used by the pool.
+pub type TlsTemplate = Arc<ClientConfig>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retr_reply_sizes_are_read_only_from_the_bytes_form() {
+        assert_eq!(announced_size("150 Opening BINARY mode data connection for /a b.fits (2880 bytes)."), Some(2880));
+        assert_eq!(announced_size("150 Accepted data connection"), None);
+        assert_eq!(announced_size("150 File status okay. About to open data connection."), None);
+        assert_eq!(announced_size("150 Opening (x) (12 kbytes)"), None);
+    }
+}

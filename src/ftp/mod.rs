@@ -1,0 +1,149 @@
+//! The FTPS implementation of `Remote`: pooled connections, retries, resumption at the exact
+//! offset after a broken transfer.
+
+pub mod conn;
+pub mod pool;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::RemoteError;
+use crate::listing::{self, Dialect};
+use crate::remote::{Remote, RemoteEntry, Sink};
+use crate::stats::Stats;
+
+pub use conn::Endpoint;
+pub use pool::Pool;
+
+/// Attempts per operation; with the backoff below a dead server fails a read in well under
+/// a minute on top of the per-command timeout.
+const ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+pub struct FtpsRemote {
+    pool: Arc<Pool>,
+    stats: Arc<Stats>,
+}
+
+impl FtpsRemote {
+    pub fn new(pool: Arc<Pool>, stats: Arc<Stats>) -> FtpsRemote {
+        FtpsRemote { pool, stats }
+    }
+
+    /// Logs in once and lists `dir`, so the mount can refuse to start with a clear reason.
+    pub fn check(&self, dir: &str) -> Result<(), RemoteError> {
+        let mut lease = self.pool.get()?;
+        let result = lease.conn().list_lines(dir);
+        if result.is_err() {
+            lease.discard();
+        }
+        result.map(|_| ())
+    }
+
+    fn backoff(&self, attempt: u32, err: &RemoteError, deadline: Instant) -> bool {
+        if attempt + 1 >= ATTEMPTS || !err.is_transient() {
+            return false;
+        }
+        let wait = FIRST_BACKOFF * 2u32.pow(attempt);
+        if Instant::now() + wait > deadline {
+            return false;
+        }
+        Stats::add(&self.stats.retries, 1);
+        log::info!("retrying after: {err}");
+        std::thread::sleep(wait);
+        true
+    }
+}
+
+impl Remote for FtpsRemote {
+    fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
+        let deadline = Instant::now() + self.pool.timeout() * 2;
+        let mut attempt = 0;
+        loop {
+            let result = self.pool.get().and_then(|mut lease| {
+                let dialect = if lease.conn().mlsd { Dialect::Mlsd } else { Dialect::List };
+                let lines = lease.conn().list_lines(dir);
+                if let Err(e) = &lines
+                    && !matches!(e, RemoteError::Unavailable(_))
+                {
+                    lease.discard();
+                }
+                lines.map(|l| (l, dialect))
+            });
+            match result {
+                Ok((lines, dialect)) => {
+                    Stats::add(&self.stats.listings, 1);
+                    let parsed = listing::parse_listing(&lines, dialect, SystemTime::now());
+                    for w in parsed.warnings.iter().take(20) {
+                        log::warn!("listing of {dir:?}: {w}");
+                    }
+                    return Ok(parsed.entries);
+                }
+                Err(e) => {
+                    if !self.backoff(attempt, &e, deadline) {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn read_from(&self, path: &str, offset: u64, size: u64, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
+        let mut deadline = Instant::now() + self.pool.timeout() * 2;
+        let mut total = 0u64;
+        let mut attempt = 0;
+        loop {
+            let result = self.pool.get().and_then(|mut lease| {
+                Stats::add(&self.stats.retrs, 1);
+                let stats = &self.stats;
+                let mut counting = |chunk: &[u8]| {
+                    Stats::add(&stats.net_bytes, chunk.len() as u64);
+                    sink(chunk)
+                };
+                match lease.conn().read_from(path, offset + total, size, &mut counting) {
+                    Ok(t) => {
+                        if t.aborted {
+                            Stats::add(&stats.aborts, 1);
+                        }
+                        if !t.reusable {
+                            lease.discard();
+                        }
+                        Ok(t.delivered)
+                    }
+                    Err(e) => {
+                        if !matches!(e, RemoteError::Unavailable(_)) {
+                            lease.discard();
+                        }
+                        Err(e)
+                    }
+                }
+            });
+            match result {
+                Ok(n) => return Ok(total + n),
+                Err(RemoteError::Partial { delivered, cause }) => {
+                    // Bytes that reached the sink are final; carry on exactly after them.
+                    total += delivered;
+                    // Progress was made: the retry budget starts afresh from here.
+                    attempt = 0;
+                    deadline = Instant::now() + self.pool.timeout() * 2;
+                    log::info!("transfer of {path:?} broke at {}: {cause}; resuming", offset + total);
+                    if !self.backoff(attempt, &cause, deadline) {
+                        return Err(RemoteError::Partial { delivered: total, cause });
+                    }
+                }
+                Err(e) => {
+                    if !self.backoff(attempt, &e, deadline) {
+                        return Err(if total > 0 {
+                            RemoteError::Partial { delivered: total, cause: Box::new(e) }
+                        } else {
+                            e
+                        });
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! TLS client settings for control and data connections.
+//!
+//! vsftpd's `require_ssl_reuse=YES` insists that every data connection resumes the TLS session
+//! of *its own* control connection. rustls keeps resumption state in the `ClientConfig`, keyed
+//! by server name, so connections that share one config would hand each other's tickets to
+//! their data connections (rclone#7234). Every control connection therefore gets its own
+//! config clone with a private session store, shared only with its data connections.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::Resumption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use suppaftp::{FtpResult, RustlsConnector, TlsConnector};
+
+use crate::error::RemoteError;
+
+/// Which certificates to trust and which TLS versions to offer.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub insecure: bool,
+    pub tls12_only: bool,
+}
+
+/// Builds the template config that per-connection configs are cloned from.
+pub fn base_config(opts: &TlsOptions) -> Result<ClientConfig, RemoteError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if opts.tls12_only { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13, &rustls::version::TLS12] };
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| RemoteError::Tls(format!("TLS setup: {e}")))?;
+    let config = if opts.insecure {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnything(provider))).with_no_client_auth()
+    } else {
+        let roots = match &opts.ca_file {
+            Some(path) => roots_from_file(path)?,
+            None => system_roots()?,
+        };
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(config)
+}
+
+/// A config for one control connection and its data connections, with its own session store.
+pub fn per_connection(base: &ClientConfig) -> Arc<ClientConfig> {
+    let mut config = base.clone();
+    // Eight TLS 1.3 tickets: servers send two per handshake and each resumed data connection
+    // refills the store, so one control connection never runs dry between transfers.
+    config.resumption = Resumption::in_memory_sessions(8);
+    Arc::new(config)
+}
+
+fn roots_from_file(path: &Path) -> Result<RootCertStore, RemoteError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| RemoteError::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| RemoteError::Tls(format!("bad PEM in CA file {}: {e}", path.display())))?;
+        roots.add(cert).map_err(|e| RemoteError::Tls(format!("bad certificate in {}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(RemoteError::Tls(format!("no certificates in CA file {}", path.display())));
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore, RemoteError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(RemoteError::Tls(
+            "no system CA certificates found (install ca-certificates or pass --ca-file)".into(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// Wraps suppaftp's rustls connector so every socket that becomes TLS (control, and each data
+/// connection) carries read and write timeouts: a stalled server then fails a read instead of
+/// hanging it, including during the handshake and the welcome banner.
+#[derive(Debug)]
+pub struct TimeoutConnector {
+    inner: RustlsConnector,
+    timeout: Duration,
+}
+
+impl TimeoutConnector {
+    pub fn new(config: Arc<ClientConfig>, timeout: Duration) -> Self {
+        TimeoutConnector { inner: RustlsConnector::from(config), timeout }
+    }
+}
+
+impl TlsConnector for TimeoutConnector {
+    type Stream = <RustlsConnector as TlsConnector>::Stream;
+
+    fn connect(&self, domain: &str, stream: TcpStream) -> FtpResult<Self::Stream> {
+        stream.set_read_timeout(Some(self.timeout)).map_err(suppaftp::FtpError::ConnectionError)?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(suppaftp::FtpError::ConnectionError)?;
+        self.inner.connect(domain, stream)
+    }
+}
+
+/// `--insecure`: accepts any certificate but still checks handshake signatures, so the
+/// connection is encrypted, just not authenticated.
+#[derive(Debug)]
+struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

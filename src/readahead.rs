@@ -1,0 +1,165 @@
+//! Per-handle sequential-read detection and the read-ahead window.
+//!
+//! The kernel splits a sequential read into 128 KiB requests and, with several FUSE threads
+//! and async reads, delivers them slightly out of order; a detector that demanded exact
+//! contiguity would reset on every reordering (mountpoint-s3#488). Reads landing a little
+//! behind or ahead of the expected offset therefore still count as sequential. The window
+//! starts small, so a header read of a huge file fetches almost nothing extra, and doubles
+//! each time the reader eats into the second half of it, as mountpoint-s3 and rclone do.
+
+use crate::cache::BLOCK_SIZE;
+
+/// Reads up to this far behind the expected offset still count as sequential.
+const BACK_TOLERANCE: u64 = 2 * BLOCK_SIZE;
+/// Reads up to this far ahead of the expected offset still count as sequential.
+const FORWARD_TOLERANCE: u64 = 4 * BLOCK_SIZE;
+/// First window, in blocks: enough to cover the kernel's readahead several times over.
+const INITIAL_WINDOW: u64 = 4;
+/// Smallest and largest run of blocks one RETR fetches.
+const MIN_RUN: u64 = 4;
+const MAX_RUN: u64 = 32;
+
+/// What to fetch ahead: blocks `[first, first+count)`, in RETRs of `run` blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub first: u64,
+    pub count: u64,
+    pub run: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Readahead {
+    started: bool,
+    next: u64,
+    streak: u32,
+    window: u64,
+    ahead_until: u64,
+}
+
+impl Readahead {
+    /// Records a read and says what to fetch ahead, if anything.
+    pub fn on_read(&mut self, offset: u64, len: u64, file_size: u64, max_window: u64, workers: u64) -> Option<Plan> {
+        let end = offset.saturating_add(len).min(file_size);
+        let near = self.started
+            && offset + BACK_TOLERANCE >= self.next
+            && offset <= self.next.saturating_add(FORWARD_TOLERANCE);
+        self.started = true;
+        if !near {
+            self.streak = 0;
+            self.window = INITIAL_WINDOW.min(max_window.max(1));
+            self.ahead_until = 0;
+            self.next = end;
+            return None;
+        }
+        self.streak = self.streak.saturating_add(1);
+        self.next = self.next.max(end);
+        if end == 0 || end >= file_size {
+            return None;
+        }
+        let current = (end - 1) / BLOCK_SIZE;
+        let blocks = file_size.div_ceil(BLOCK_SIZE);
+        if self.window == 0 {
+            self.window = INITIAL_WINDOW.min(max_window.max(1));
+        }
+        // Refill only once half the window is consumed, so each refill is a batch of at least
+        // half a window (long RETRs), not one block per kernel request.
+        if self.ahead_until > current + 1 + self.window / 2 {
+            return None;
+        }
+        if self.ahead_until > 0 {
+            self.window = (self.window * 2).min(max_window.max(1));
+        }
+        let from = self.ahead_until.max(current + 1);
+        let target = (current + 1 + self.window).min(blocks);
+        if from >= target {
+            return None;
+        }
+        self.ahead_until = target;
+        let run = (self.window / workers.max(1)).clamp(MIN_RUN, MAX_RUN);
+        Some(Plan { first: from, count: target - from, run })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: u64 = BLOCK_SIZE;
+    const K128: u64 = 128 * 1024;
+    const GIB: u64 = 1 << 30;
+
+    fn read_sequentially(ra: &mut Readahead, upto: u64) -> Vec<Plan> {
+        let mut plans = Vec::new();
+        let mut off = 0;
+        while off < upto {
+            plans.extend(ra.on_read(off, K128, GIB, 256, 8));
+            off += K128;
+        }
+        plans
+    }
+
+    #[test]
+    fn a_single_read_fetches_nothing_ahead() {
+        let mut ra = Readahead::default();
+        assert_eq!(ra.on_read(0, 2880, GIB, 256, 8), None);
+        let mut ra = Readahead::default();
+        assert_eq!(ra.on_read(500 << 20, 4096, GIB, 256, 8), None);
+    }
+
+    #[test]
+    fn sequential_reads_start_read_ahead_on_the_second_read() {
+        let mut ra = Readahead::default();
+        assert_eq!(ra.on_read(0, K128, GIB, 256, 8), None);
+        let plan = ra.on_read(K128, K128, GIB, 256, 8).expect("read-ahead starts");
+        assert_eq!(plan.first, 1);
+        assert_eq!(plan.count, INITIAL_WINDOW);
+    }
+
+    #[test]
+    fn the_window_grows_geometrically_up_to_the_cap_and_never_refetches() {
+        let mut ra = Readahead::default();
+        let plans = read_sequentially(&mut ra, 300 * B);
+        let mut next = 1;
+        for p in &plans {
+            assert_eq!(p.first, next, "plans are contiguous and never overlap");
+            next = p.first + p.count;
+        }
+        assert_eq!(ra.window, 256, "window reached the cap");
+        assert!(plans.len() < 40, "few, growing plans: {}", plans.len());
+        assert!(plans.iter().all(|p| p.run >= MIN_RUN && p.run <= MAX_RUN));
+    }
+
+    #[test]
+    fn kernel_reordering_does_not_reset_the_stream() {
+        let mut ra = Readahead::default();
+        read_sequentially(&mut ra, 8 * B);
+        let window = ra.window;
+        // The kernel delivers 8M+128K before 8M.
+        ra.on_read(8 * B + K128, K128, GIB, 256, 8);
+        ra.on_read(8 * B, K128, GIB, 256, 8);
+        assert!(ra.streak > 0);
+        assert!(ra.window >= window);
+    }
+
+    #[test]
+    fn a_far_seek_resets_to_a_small_window() {
+        let mut ra = Readahead::default();
+        read_sequentially(&mut ra, 64 * B);
+        assert_eq!(ra.on_read(700 << 20, 4096, GIB, 256, 8), None);
+        assert_eq!(ra.window, INITIAL_WINDOW);
+        assert_eq!(ra.streak, 0);
+    }
+
+    #[test]
+    fn nothing_is_planned_past_the_end_of_the_file() {
+        let mut ra = Readahead::default();
+        let size = 3 * B + 10;
+        let mut plans = Vec::new();
+        let mut off = 0;
+        while off < size {
+            plans.extend(ra.on_read(off, K128, size, 256, 8));
+            off += K128;
+        }
+        assert!(plans.iter().all(|p| p.first + p.count <= 4));
+    }
+}
