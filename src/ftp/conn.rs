@@ -31,6 +31,9 @@ pub struct Endpoint {
 
 /// A listing larger than this is refused rather than buffered without bound.
 const MAX_LISTING_BYTES: u64 = 256 << 20;
+/// How long to wait for the server's reply to an early-closed transfer before checking the
+/// stream with NOOP; a server that says nothing (pure-ftpd over TLS 1.3) costs this much.
+const ABORT_REPLY_WAIT: Duration = Duration::from_millis(1000);
 /// Size of one read from the data connection.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -45,6 +48,7 @@ pub struct Transfer {
 
 pub struct Conn {
     ftp: RustlsFtpStream,
+    timeout: Duration,
     pub mlsd: bool,
     /// Last time this connection did work for a reader (keep-alive NOOPs do not count).
     pub last_used: Instant,
@@ -93,7 +97,7 @@ impl Conn {
             Err(_) => false,
         };
         let now = Instant::now();
-        Ok(Conn { ftp, mlsd, last_used: now, last_contact: now })
+        Ok(Conn { ftp, timeout: ep.timeout, mlsd, last_used: now, last_contact: now })
     }
 
     /// Lists `dir` (an absolute path) as raw lines, MLSD when offered, LIST otherwise.
@@ -154,7 +158,7 @@ impl Conn {
         if let Some(announced) = announced_size(&reply_text(&reply))
             && announced != size
         {
-            let _ = self.ftp.abort(stream);
+            self.finish_early(stream);
             return Err(RemoteError::Changed(format!(
                 "{path}: server announces {announced} bytes, listing said {size}"
             )));
@@ -191,16 +195,30 @@ impl Conn {
             let reusable = stream.finish().is_ok();
             return Ok(Transfer { delivered, reusable, aborted: false });
         }
-        // Servers end an aborted transfer differently (vsftpd: 426 then 225; pure-ftpd: one
-        // 226; pyftpdlib: 426 at once), and a transfer that completed just before ABOR adds a
-        // 226 of its own. Whatever suppaftp's abort() made of it, a NOOP must then be answered
-        // by 200; anything else means replies are out of step and the connection is dropped.
-        let _ = self.ftp.abort(stream);
-        let in_step = matches!(
-            self.ftp.custom_command("NOOP", &[Status::CommandOk]),
-            Ok(r) if r.status == Status::CommandOk
-        );
+        // Ending a RETR early: close the data connection and let the server notice. Servers
+        // then answer differently (vsftpd 426, pyftpdlib 426, pure-ftpd a late "150 <timing>"
+        // or nothing at all), and ABOR adds a reply of its own whose count depends on timing
+        // (vsftpd 225, pure-ftpd 226). suppaftp can only read a reply after sending a command,
+        // so instead of ABOR: read at most one closing reply, briefly, then prove the stream
+        // is in step with a NOOP, which only a 200 answers. Anything else drops the connection.
+        let in_step = self.finish_early(stream);
         Ok(Transfer { delivered, reusable: in_step, aborted: true })
+    }
+
+    fn finish_early(
+        &mut self,
+        stream: suppaftp::TransferStream<<TimeoutConnector as suppaftp::TlsConnector>::Stream>,
+    ) -> bool {
+        let wait = ABORT_REPLY_WAIT.min(self.timeout);
+        if self.ftp.get_ref().set_read_timeout(Some(wait)).is_err() {
+            return false;
+        }
+        // Ok (226: the file ended anyway), 426/150 (an error here) or silence are all fine.
+        let _ = stream.finish();
+        if self.ftp.get_ref().set_read_timeout(Some(self.timeout)).is_err() {
+            return false;
+        }
+        matches!(self.ftp.custom_command("NOOP", &[Status::CommandOk]), Ok(r) if r.status == Status::CommandOk)
     }
 
     /// Keep-alive probe for an idle pooled connection.
