@@ -102,10 +102,7 @@ fn server_available(kind: Kind) -> Result<(), String> {
         Kind::PureFtpd => {
             let binary = pure_ftpd_cache().join("usr/sbin/pure-ftpd");
             if !binary.exists() {
-                return Err(format!(
-                    "{} is missing (scripts/install-deps unpacks it)",
-                    binary.display()
-                ));
+                return Err(format!("{} is missing (scripts/install-deps unpacks it)", binary.display()));
             }
         }
         Kind::Pyftpdlib => {
@@ -170,6 +167,12 @@ impl Kind {
     /// Debian builds pure-ftpd without implicit TLS.
     pub fn supports_implicit(self) -> bool {
         self != Kind::PureFtpd
+    }
+
+    /// Whether the server lets clients download a file of this name: pure-ftpd
+    /// refuses names containing a backslash (553) even though it lists them.
+    pub fn serves_name(self, name: &str) -> bool {
+        !(self == Kind::PureFtpd && name.contains('\\'))
     }
 
     /// Whether the server answers MLSD (vsftpd does not).
@@ -272,8 +275,10 @@ impl ServerBuilder {
         let stderr_path = scratch.path().join("stderr");
         let stderr = File::create(&stderr_path).expect("create the server's stderr file");
 
-        let mut cmd = Command::new(FTPS_SERVER_SCRIPT);
-        cmd.args(["--kind", self.kind.name(), "--watch-stdin", "--root"])
+        // Through python3, so a checkout without exec bits still works.
+        let mut cmd = Command::new("python3");
+        cmd.arg(FTPS_SERVER_SCRIPT)
+            .args(["--kind", self.kind.name(), "--watch-stdin", "--root"])
             .arg(&root)
             .args(["--port", &self.port.to_string()]);
         if self.implicit {
@@ -328,8 +333,7 @@ impl ServerBuilder {
                 );
             }
         };
-        let info = parse_flat_json(&line)
-            .unwrap_or_else(|| panic!("ftps-server printed unparsable JSON: {line}"));
+        let info = parse_flat_json(&line).unwrap_or_else(|| panic!("ftps-server printed unparsable JSON: {line}"));
         let field = |k: &str| -> String {
             match info.get(k) {
                 Some(Json::Str(s)) => s.clone(),
@@ -404,6 +408,8 @@ pub struct Transfer {
     pub path: String,
     /// The server's own "complete" flag (pure-ftpd always says complete).
     pub complete: bool,
+    /// The login; for anonymous, vsftpd logs the e-mail given as password,
+    /// pure-ftpd `ftp`, pyftpdlib `anonymous`.
     pub user: String,
 }
 
@@ -807,18 +813,15 @@ pub fn fits_header(cards: &[(&str, &str)]) -> Vec<u8> {
     let mut h = String::new();
     for (key, value) in cards {
         // Fixed format: strings start in column 11, other values end in column 30.
-        let card = if value.starts_with('\'') {
-            format!("{key:<8}= {value:<20}")
-        } else {
-            format!("{key:<8}= {value:>20}")
-        };
+        let card =
+            if value.starts_with('\'') { format!("{key:<8}= {value:<20}") } else { format!("{key:<8}= {value:>20}") };
         h.push_str(&card.chars().take(80).collect::<String>());
-        while h.len() % 80 != 0 {
+        while !h.len().is_multiple_of(80) {
             h.push(' ');
         }
     }
     h.push_str(&format!("{:<80}", "END"));
-    while h.len() % 2880 != 0 {
+    while !h.len().is_multiple_of(2880) {
         h.push(' ');
     }
     h.into_bytes()
@@ -893,10 +896,8 @@ impl<'a> MountBuilder<'a> {
 
     /// Mount, or report how the daemon failed (for tests that expect failure).
     pub fn try_start(self) -> Result<Mount, MountFailure> {
-        let scratch = tempfile::Builder::new()
-            .prefix("mastfs-mount-")
-            .tempdir()
-            .expect("create a temp dir for the mount");
+        let scratch =
+            tempfile::Builder::new().prefix("mastfs-mount-").tempdir().expect("create a temp dir for the mount");
         let mountpoint = scratch.path().join("mnt");
         fs::create_dir(&mountpoint).expect("create the mount point");
         let cache_dir = self.cache_dir.clone().unwrap_or_else(|| scratch.path().join("cache"));
@@ -921,8 +922,7 @@ impl<'a> MountBuilder<'a> {
             cmd.arg("--implicit");
         }
         if self.auth == Auth::Password {
-            let (name, password) =
-                self.server.user.as_ref().expect("server started with a password user");
+            let (name, password) = self.server.user.as_ref().expect("server started with a password user");
             cmd.args(["--user", name]).env("MASTFS_PASSWORD", password);
         }
         cmd.args(&self.extra).arg(&mountpoint);
@@ -940,13 +940,7 @@ impl<'a> MountBuilder<'a> {
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             if is_mounted(&mountpoint) {
-                return Ok(Mount {
-                    mountpoint,
-                    cache_dir,
-                    child: Some(child),
-                    stderr_path,
-                    _scratch: scratch,
-                });
+                return Ok(Mount { mountpoint, cache_dir, child: Some(child), stderr_path, _scratch: scratch });
             }
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(MountFailure {
@@ -983,11 +977,7 @@ pub struct MountFailure {
 
 impl std::fmt::Display for MountFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit code {:?} for {}; stderr:\n{}",
-            self.exit_code, self.command_line, self.stderr
-        )
+        write!(f, "exit code {:?} for {}; stderr:\n{}", self.exit_code, self.command_line, self.stderr)
     }
 }
 

@@ -1,0 +1,267 @@
+//! Proves the test harness itself (tests/common, scripts/ftps-server) against
+//! curl, independently of mastfs: every server kind really serves FTPS the
+//! way the mastfs tests assume.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Auth, Kind, Server};
+
+const MIB: u64 = 1 << 20;
+
+fn ready(kind: Kind) -> bool {
+    common::require_server(kind) && common::require_program("curl")
+}
+
+fn ok_stdout(out: &Output, what: &str) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{what}: curl failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout.clone()
+}
+
+/// Names from a bare listing (NLST), without `.` and `..`.
+fn names(server: &Server, auth: Auth, dir: &str) -> Vec<String> {
+    let out = server.curl(auth, &["--list-only"], &format!("{}/", dir.trim_end_matches('/')));
+    let text = String::from_utf8(ok_stdout(&out, "NLST")).expect("UTF-8 listing");
+    let mut v: Vec<String> = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_owned())
+        .filter(|l| !l.is_empty() && l != "." && l != "..")
+        .collect();
+    v.sort();
+    v
+}
+
+fn serves_listing_ranged_reads_and_refuses_unreadable_files(kind: Kind, implicit: bool) {
+    if !ready(kind) {
+        return;
+    }
+    let mut builder = Server::builder(kind).with_user();
+    if implicit {
+        builder = builder.implicit();
+    }
+    let server = builder.start();
+    common::write_pattern_file(&server.path("data/file.bin"), 42, 3 * MIB);
+    common::make_unreadable_file(&server.path("data/secret.fits"));
+
+    for auth in [Auth::Anonymous, Auth::Password] {
+        let listed = names(&server, auth, "data");
+        assert_eq!(listed, ["file.bin", "secret.fits"], "{kind:?} {auth:?} listing");
+
+        let mid = ok_stdout(&server.curl(auth, &["--range", "100-199"], "data/file.bin"), "range");
+        assert_eq!(mid, common::pattern_bytes(42, 100, 100), "{kind:?} {auth:?} bytes 100-199");
+
+        let start = 3 * MIB - 1000;
+        let tail = ok_stdout(&server.curl(auth, &["--range", &format!("{start}-")], "data/file.bin"), "tail range");
+        assert_eq!(tail, common::pattern_bytes(42, start, 1000), "{kind:?} {auth:?} last 1000 bytes");
+
+        let secret = server.curl(auth, &[], "data/secret.fits");
+        assert!(!secret.status.success() && secret.stdout.is_empty(), "{kind:?} {auth:?} sent a mode-0000 file");
+    }
+    assert!(server.retr_count() >= 4, "{kind:?} logged no transfers in {}", server.log.display());
+    assert!(server.bytes_sent() >= 2200, "{kind:?} logged fewer bytes than were received");
+}
+
+#[test]
+fn vsftpd_explicit_serves_listing_and_ranged_reads_to_anonymous_and_password_users() {
+    serves_listing_ranged_reads_and_refuses_unreadable_files(Kind::Vsftpd, false);
+}
+
+#[test]
+fn pure_ftpd_explicit_serves_listing_and_ranged_reads_to_anonymous_and_password_users() {
+    serves_listing_ranged_reads_and_refuses_unreadable_files(Kind::PureFtpd, false);
+}
+
+#[test]
+fn pyftpdlib_explicit_serves_listing_and_ranged_reads_to_anonymous_and_password_users() {
+    serves_listing_ranged_reads_and_refuses_unreadable_files(Kind::Pyftpdlib, false);
+}
+
+#[test]
+fn vsftpd_implicit_serves_listing_and_ranged_reads_to_anonymous_and_password_users() {
+    serves_listing_ranged_reads_and_refuses_unreadable_files(Kind::Vsftpd, true);
+}
+
+#[test]
+fn pyftpdlib_implicit_serves_listing_and_ranged_reads_to_anonymous_and_password_users() {
+    serves_listing_ranged_reads_and_refuses_unreadable_files(Kind::Pyftpdlib, true);
+}
+
+#[test]
+fn a_client_trusting_an_unrelated_ca_is_refused_by_every_server_kind() {
+    for kind in Kind::ALL {
+        if !ready(kind) {
+            continue;
+        }
+        let server = Server::start(kind);
+        let out = Command::new("curl")
+            .args(["--silent", "--ssl-reqd", "--max-time", "20", "--cacert"])
+            .arg(&server.wrong_ca_file)
+            .arg(server.url("/"))
+            .output()
+            .expect("run curl");
+        assert_eq!(out.status.code(), Some(60), "{kind:?}: want curl's certificate error");
+        let good = server.curl(Auth::Anonymous, &[], "/");
+        ok_stdout(&good, "listing with the right CA");
+    }
+}
+
+#[test]
+fn a_plain_server_serves_clear_text_and_cannot_satisfy_a_tls_client() {
+    for kind in Kind::ALL {
+        if !ready(kind) {
+            continue;
+        }
+        let server = Server::builder(kind).plain().start();
+        common::write_file(&server.path("a.txt"), b"clear\n");
+        let out = Command::new("curl")
+            .args(["--silent", "--max-time", "20"])
+            .arg(server.url("a.txt"))
+            .output()
+            .expect("run curl");
+        assert_eq!(ok_stdout(&out, "plain download"), b"clear\n", "{kind:?}");
+        let tls = Command::new("curl")
+            .args(["--silent", "--ssl-reqd", "--max-time", "20", "--cacert"])
+            .arg(&server.ca_file)
+            .arg(server.url("a.txt"))
+            .output()
+            .expect("run curl");
+        assert_eq!(tls.status.code(), Some(64), "{kind:?}: want 'requested SSL level failed'");
+    }
+}
+
+#[test]
+fn a_tls_12_capped_server_refuses_tls_13_clients_and_serves_tls_12_ones() {
+    for kind in Kind::ALL {
+        if !ready(kind) {
+            continue;
+        }
+        let server = Server::builder(kind).tls_max_12().start();
+        common::write_file(&server.path("a.txt"), b"twelve\n");
+        let only13 = server.curl(Auth::Anonymous, &["--tlsv1.3"], "a.txt");
+        assert!(!only13.status.success(), "{kind:?} accepted TLS 1.3");
+        let v12 = server.curl(Auth::Anonymous, &["--tls-max", "1.2"], "a.txt");
+        assert_eq!(ok_stdout(&v12, "TLS 1.2 download"), b"twelve\n", "{kind:?}");
+    }
+}
+
+#[test]
+fn max_clients_turns_away_the_next_control_connection_with_421() {
+    for kind in Kind::ALL {
+        if !common::require_server(kind) {
+            continue;
+        }
+        let server = Server::builder(kind).max_clients(2).start();
+        let banner = |stream: &mut TcpStream| -> String {
+            stream.set_read_timeout(Some(Duration::from_secs(10))).expect("set timeout");
+            let mut buf = [0u8; 4096];
+            let mut text = String::new();
+            // A multi-line 220 (pure-ftpd) may arrive in pieces: read until a
+            // final "NNN " line.
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if text.lines().any(|l| l.len() >= 4 && l.as_bytes()[3] == b' ') {
+                    break;
+                }
+            }
+            text
+        };
+        let addr = (server.host.as_str(), server.port);
+        let mut first = TcpStream::connect(addr).expect("connect 1");
+        let mut second = TcpStream::connect(addr).expect("connect 2");
+        assert!(banner(&mut first).starts_with("220"), "{kind:?} first connection");
+        assert!(banner(&mut second).starts_with("220"), "{kind:?} second connection");
+        let mut third = TcpStream::connect(addr).expect("connect 3");
+        let refused = banner(&mut third);
+        assert!(refused.starts_with("421"), "{kind:?} third connection got {refused:?}");
+    }
+}
+
+#[test]
+fn every_server_kind_lists_all_10000_entries_of_a_big_directory() {
+    for kind in Kind::ALL {
+        if !ready(kind) {
+            continue;
+        }
+        let server = Server::start(kind);
+        let mut want = common::make_big_dir(&server.path("big"), 10_000);
+        want.sort();
+        assert_eq!(names(&server, Auth::Anonymous, "big"), want, "{kind:?}");
+    }
+}
+
+#[test]
+fn every_server_kind_lists_and_serves_hostile_file_names() {
+    for kind in Kind::ALL {
+        if !ready(kind) {
+            continue;
+        }
+        let server = Server::start(kind);
+        let mut want = common::make_hostile_files(&server.path("odd"));
+        want.sort();
+        // Whether a bare NLST shows dot files differs by server (vsftpd
+        // hides them unless asked with -a), so compare the others.
+        let undotted = |v: &[String]| -> Vec<String> { v.iter().filter(|n| !n.starts_with('.')).cloned().collect() };
+        let listed = names(&server, Auth::Anonymous, "odd");
+        assert_eq!(undotted(&listed), undotted(&want), "{kind:?}");
+        let wrong: Vec<String> = want
+            .iter()
+            .filter_map(|name| {
+                let got = server.curl(Auth::Anonymous, &[], &format!("odd/{name}"));
+                let served = got.status.success() && got.stdout == name.as_bytes();
+                (served != kind.serves_name(name))
+                    .then(|| format!("{name:?} served={served}: {}", String::from_utf8_lossy(&got.stderr).trim()))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{kind:?} unlike Kind::serves_name: {wrong:#?}");
+    }
+}
+
+#[test]
+fn symlinks_inside_the_root_are_followed_and_those_leaving_it_are_not() {
+    for kind in Kind::ALL {
+        if !ready(kind) {
+            continue;
+        }
+        let server = Server::start(kind);
+        common::make_symlinks(&server.path("links"));
+        let via_link = server.curl(Auth::Anonymous, &[], "links/link_to_file");
+        assert_eq!(ok_stdout(&via_link, "link_to_file"), b"symlink target\n", "{kind:?}");
+        let escape = server.curl(Auth::Anonymous, &[], "links/escape");
+        assert!(!escape.status.success(), "{kind:?} served a file outside its root");
+    }
+}
+
+#[test]
+fn pattern_bytes_of_a_range_equal_the_same_slice_of_the_whole_stream() {
+    let whole = common::pattern_bytes(7, 0, 100);
+    assert_eq!(common::pattern_bytes(7, 13, 50), whole[13..63]);
+    assert_ne!(common::pattern_bytes(8, 0, 100), whole);
+}
+
+#[test]
+fn a_mast_like_tree_has_fits_headers_of_whole_2880_byte_records() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = common::make_mast_tree(dir.path(), 4096);
+    assert_eq!(files.len(), 4);
+    let bytes = std::fs::read(dir.path().join(&files[0])).expect("read FITS file");
+    assert_eq!(bytes.len(), 2880 + 4096);
+    let header = String::from_utf8_lossy(&bytes[..2880]);
+    assert!(header.starts_with("SIMPLE  =                    T"));
+    assert!(header.contains("TELESCOP= 'HST     '"));
+    let cards: Vec<&str> = (0..36).map(|i| &header[i * 80..(i + 1) * 80]).collect();
+    let end = cards.iter().position(|c| c.trim_end() == "END").expect("an END card");
+    assert!(cards[end + 1..].iter().all(|c| c.trim().is_empty()), "padding after END is blank");
+    assert!(dir.path().join("pub/README.txt").exists());
+}
