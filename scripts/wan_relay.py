@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
+import fcntl
 import json
 import os
 import selectors
@@ -38,6 +40,7 @@ import threading
 import time
 
 CHUNK = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class Counters:
@@ -101,15 +104,43 @@ def _close_both(a: socket.socket, b: socket.socket) -> None:
             pass
 
 
-def pump_direct(src: socket.socket, dst: socket.socket, port: int, up: bool, ctr: Counters) -> None:
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+def pump_direct(src: socket.socket, dst: socket.socket, up: bool, ctr: Counters) -> None:
+    """RTT 0: forward as cheaply as possible, so that the relay is not what limits a
+    loopback transfer on a 2-core machine.  splice() through a pipe moves pages
+    without copying them to user space (about a third of the CPU of recv/send)."""
     try:
+        r, w = os.pipe()
+    except OSError:
+        r = w = -1
+    try:
+        if r >= 0:
+            try:
+                fcntl.fcntl(w, F_SETPIPE_SZ, CHUNK)
+            except OSError:
+                pass
+        sfd, dfd = src.fileno(), dst.fileno()
+        use_splice = r >= 0 and hasattr(os, "splice")
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
         while True:
-            n = src.recv_into(buf)
-            if n == 0:
-                break
-            dst.sendall(view[:n])
+            if use_splice:
+                try:
+                    n = os.splice(sfd, w, CHUNK, flags=os.SPLICE_F_MOVE)
+                except OSError as e:
+                    if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    use_splice = False
+                    continue
+                if n == 0:
+                    break
+                left = n
+                while left:
+                    left -= os.splice(r, dfd, left, flags=os.SPLICE_F_MOVE)
+            else:
+                n = src.recv_into(buf)
+                if n == 0:
+                    break
+                dst.sendall(view[:n])
             if up:
                 ctr.add(n, 0)
             else:
@@ -117,13 +148,17 @@ def pump_direct(src: socket.socket, dst: socket.socket, port: int, up: bool, ctr
         dst.shutdown(socket.SHUT_WR)
     except OSError:
         _close_both(src, dst)
+    finally:
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)
 
 
 class DelayedPump:
     """One direction of one connection: a reader thread and a delivering thread."""
 
-    def __init__(self, src, dst, port, up, ctr, rtt, window):
-        self.src, self.dst, self.port, self.up, self.ctr = src, dst, port, up, ctr
+    def __init__(self, src, dst, up, ctr, rtt, window):
+        self.src, self.dst, self.up, self.ctr = src, dst, up, ctr
         self.half = rtt / 2.0
         self.rtt = rtt
         self.window = window
@@ -219,11 +254,11 @@ def handle(client: socket.socket, port: int, args, ctr: Counters) -> None:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threads = []
         if rtt <= 0:
-            threads.append(threading.Thread(target=pump_direct, args=(client, upstream, port, True, ctr), daemon=True))
-            threads.append(threading.Thread(target=pump_direct, args=(upstream, client, port, False, ctr), daemon=True))
+            threads.append(threading.Thread(target=pump_direct, args=(client, upstream, True, ctr), daemon=True))
+            threads.append(threading.Thread(target=pump_direct, args=(upstream, client, False, ctr), daemon=True))
         else:
             for src, dst, up in ((client, upstream, True), (upstream, client, False)):
-                p = DelayedPump(src, dst, port, up, ctr, rtt, args.window)
+                p = DelayedPump(src, dst, up, ctr, rtt, args.window)
                 threads.append(threading.Thread(target=p.reader, daemon=True))
                 threads.append(threading.Thread(target=p.writer, daemon=True))
         for t in threads:

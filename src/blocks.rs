@@ -19,6 +19,23 @@ use crate::remote::Remote;
 use crate::stats::Stats;
 
 type Block = Arc<Vec<u8>>;
+
+/// Bytes of a read: a slice of a cached block, or a buffer assembled from several.
+#[derive(Debug)]
+pub enum Data {
+    Shared(Block, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Data::Shared(b, r) => &b[r.clone()],
+            Data::Owned(v) => v,
+        }
+    }
+}
 type BlockKey = ([u8; 32], u64);
 
 /// One remote file version, as an open handle sees it.
@@ -60,7 +77,7 @@ pub struct BlockConfig {
 
 impl Default for BlockConfig {
     fn default() -> Self {
-        BlockConfig { memory_blocks: 64, workers: 4, max_window: 256, max_inflight: 512 }
+        BlockConfig { memory_blocks: 32, workers: 4, max_window: 512, max_inflight: 1024 }
     }
 }
 
@@ -106,11 +123,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+enum Claim {
+    /// New slots, in block order: the caller must fetch (or load) and finish them.
+    Ours(Vec<Arc<Slot>>),
+    /// Someone else is fetching the first block: wait on this.
+    Theirs(Arc<Slot>),
+    /// The first block is cached already.
+    Cached,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Network,
+    Disk,
+}
+
 struct Job {
     file: FileRef,
     first: u64,
     count: u64,
     slots: Vec<Arc<Slot>>,
+    source: Source,
 }
 
 pub struct BlockStore {
@@ -166,17 +199,30 @@ impl BlockStore {
         self.queued.notify_all();
     }
 
-    /// Copies `[offset, offset+len)` of the file (clamped to its size) into a new buffer.
-    pub fn read(&self, file: &FileRef, offset: u64, len: u32) -> Result<Vec<u8>, RemoteError> {
+    /// The bytes `[offset, offset+len)` of the file, clamped to its size. A range inside one
+    /// block (the common case: kernel requests are 128 KiB) is served without a copy.
+    pub fn read(&self, file: &FileRef, offset: u64, len: u32) -> Result<Data, RemoteError> {
         let end = offset.saturating_add(u64::from(len)).min(file.size());
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Data::Owned(Vec::new()));
+        }
+        let first = offset / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        let run_end = end.div_ceil(BLOCK_SIZE);
+        if first == last {
+            let block = self.block(file, first, run_end)?;
+            let start = (offset - first * BLOCK_SIZE) as usize;
+            let stop = (end - first * BLOCK_SIZE) as usize;
+            if stop > block.len() {
+                return Err(RemoteError::Protocol(format!("block {first} of {} is short", file.id.path)));
+            }
+            return Ok(Data::Shared(block, start..stop));
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
             let index = pos / BLOCK_SIZE;
-            let block = self.block(file, index, end.div_ceil(BLOCK_SIZE))?;
+            let block = self.block(file, index, run_end)?;
             let within = (pos - index * BLOCK_SIZE) as usize;
             let take = ((end - pos) as usize).min(block.len().saturating_sub(within));
             if take == 0 {
@@ -185,7 +231,7 @@ impl BlockStore {
             out.extend_from_slice(&block[within..within + take]);
             pos += take as u64;
         }
-        Ok(out)
+        Ok(Data::Owned(out))
     }
 
     /// Whether a block is available without the network.
@@ -194,58 +240,111 @@ impl BlockStore {
             || self.disk.as_ref().is_some_and(|d| d.contains(&file.id, index))
     }
 
-    fn cached(&self, file: &FileRef, index: u64) -> Option<Block> {
-        if let Some(b) = lock(&self.memory).get(&(file.key, index)) {
-            return Some(Arc::clone(b));
-        }
-        let disk = self.disk.as_ref()?;
-        let data = disk.get(&file.id, index)?;
+    fn in_memory(&self, file: &FileRef, index: u64) -> Option<Block> {
+        lock(&self.memory).get(&(file.key, index)).map(Arc::clone)
+    }
+
+    /// Reads a block from the disk cache into memory: the kernel reads a block in several
+    /// requests, and the following ones are then spared a disk read and checksum.
+    fn load_from_disk(&self, file: &FileRef, index: u64) -> Option<Block> {
+        let data = self.disk.as_ref()?.get(&file.id, index)?;
         if data.len() != file.block_len(index) {
             return None;
         }
-        Some(Arc::new(data))
+        let block = Arc::new(data);
+        lock(&self.memory).put((file.key, index), Arc::clone(&block));
+        Some(block)
     }
 
     /// Gets one block; a miss fetches it, together with the following missing blocks up to
-    /// `run_end` when the caller already knows it will read them.
+    /// `run_end` when the caller already knows it will read them. Concurrent readers of one
+    /// block share one disk read or one fetch.
     fn block(&self, file: &FileRef, index: u64, run_end: u64) -> Result<Block, RemoteError> {
-        if let Some(b) = self.cached(file, index) {
-            Stats::add(&self.stats.cache_hits, 1);
-            return Ok(b);
-        }
-        let (slots, first_is_ours) = self.claim(file, index, run_end.max(index + 1));
-        if !first_is_ours {
-            // Someone else is fetching it (a reader or read-ahead): wait for that one fetch.
-            let slot = match slots.into_iter().next() {
-                Some(s) => s,
-                None => return Err(RemoteError::Protocol("no slot".into())),
+        // A block cached between our look and our claim is simply looked up again; a corrupt
+        // one leaves the index on its first read, so this loop ends within a few turns.
+        for _ in 0..4 {
+            if let Some(b) = self.in_memory(file, index) {
+                Stats::add(&self.stats.cache_hits, 1);
+                return Ok(b);
+            }
+            let mut slots = match self.claim(file, index, index + 1) {
+                Claim::Theirs(slot) => return slot.wait(),
+                Claim::Cached => {
+                    if let Some(b) = self.load_from_disk(file, index) {
+                        Stats::add(&self.stats.cache_hits, 1);
+                        return Ok(b);
+                    }
+                    continue;
+                }
+                Claim::Ours(slots) => slots,
             };
-            return slot.wait();
+            let Some(first) = slots.first().cloned() else { continue };
+            if let Some(b) = self.load_from_disk(file, index) {
+                Stats::add(&self.stats.cache_hits, 1);
+                self.release(file, index, &first, SlotState::Done(Arc::clone(&b)));
+                return Ok(b);
+            }
+            Stats::add(&self.stats.cache_misses, 1);
+            if run_end > index + 1
+                && let Claim::Ours(more) = self.claim(file, index + 1, run_end)
+            {
+                slots.extend(more);
+            }
+            let count = slots.len() as u64;
+            self.fetch_run(Job { file: file.clone(), first: index, count, slots, source: Source::Network });
+            return first.wait();
         }
-        Stats::add(&self.stats.cache_misses, 1);
-        let first = slots.first().cloned();
-        let count = slots.len() as u64;
-        self.fetch_run(&Job { file: file.clone(), first: index, count, slots });
-        match first {
-            Some(s) => s.wait(),
-            None => Err(RemoteError::Protocol("no slot".into())),
+        Err(RemoteError::Protocol(format!("block {index} of {} keeps vanishing from the cache", file.id.path)))
+    }
+
+    /// Claims one disk-cached block for loading into memory ahead of the reader.
+    fn claim_for_load(&self, file: &FileRef, index: u64) -> Claim {
+        let mut inflight = lock(&self.inflight);
+        let key = (file.key, index);
+        if inflight.contains_key(&key) || lock(&self.memory).contains(&key) {
+            return Claim::Cached;
+        }
+        let slot = Slot::new();
+        inflight.insert(key, Arc::clone(&slot));
+        Claim::Ours(vec![slot])
+    }
+
+    fn release(&self, file: &FileRef, index: u64, slot: &Slot, state: SlotState) {
+        lock(&self.inflight).remove(&(file.key, index));
+        slot.finish(state);
+    }
+
+    /// Loads queued disk blocks into memory ahead of a sequential reader; a block that turns
+    /// out missing or corrupt is fetched from the server instead.
+    fn load_run(&self, job: Job) {
+        for (i, slot) in (job.first..job.first + job.count).zip(job.slots) {
+            match self.load_from_disk(&job.file, i) {
+                Some(b) => self.release(&job.file, i, &slot, SlotState::Done(b)),
+                None => self.fetch_run(Job {
+                    file: job.file.clone(),
+                    first: i,
+                    count: 1,
+                    slots: vec![slot],
+                    source: Source::Network,
+                }),
+            }
         }
     }
 
-    /// Claims a contiguous run of blocks starting at `index` that nobody is fetching yet.
-    /// Returns the slots and whether the first one was claimed by us (if not, the one slot
-    /// returned is the existing fetch to wait on).
-    fn claim(&self, file: &FileRef, index: u64, end: u64) -> (Vec<Arc<Slot>>, bool) {
+    /// Claims a contiguous run of blocks starting at `index` that nobody is fetching and
+    /// nobody has cached. Checked under the in-flight lock, which a completed fetch leaves
+    /// only after its block is stored, so a block is never fetched twice.
+    fn claim(&self, file: &FileRef, index: u64, end: u64) -> Claim {
         let mut inflight = lock(&self.inflight);
         if let Some(existing) = inflight.get(&(file.key, index)) {
-            return (vec![Arc::clone(existing)], false);
+            return Claim::Theirs(Arc::clone(existing));
         }
         let mut slots = Vec::new();
         let end = end.min(file.blocks());
         let mut i = index;
         while i < end {
             let key = (file.key, i);
-            if inflight.contains_key(&key) || (i > index && self.is_cached(file, i)) {
+            if inflight.contains_key(&key) || self.is_cached(file, i) {
                 break;
             }
             let slot = Slot::new();
@@ -253,15 +352,19 @@ impl BlockStore {
             slots.push(slot);
             i += 1;
         }
-        (slots, true)
+        if slots.is_empty() { Claim::Cached } else { Claim::Ours(slots) }
     }
 
     /// Fetches `job.count` blocks with one ranged RETR, completing each slot as its block
-    /// arrives. Every slot is finished (done or failed) before this returns.
-    fn fetch_run(&self, job: &Job) {
-        let file = &job.file;
-        let mut current = job.first;
-        let end = job.first + job.count;
+    /// arrives. Every slot is finished (done or failed) before this returns. Slots are let go
+    /// one by one as they complete: a finished slot holds its block, and a long run must not
+    /// keep all of its blocks alive until its end.
+    fn fetch_run(&self, job: Job) {
+        let Job { file, first, count, slots, .. } = job;
+        let file = &file;
+        let mut slots: VecDeque<Arc<Slot>> = slots.into();
+        let mut current = first;
+        let end = first + count;
         let mut buf: Vec<u8> = Vec::with_capacity(file.block_len(current));
         let mut sink = |mut chunk: &[u8]| -> bool {
             while !chunk.is_empty() && current < end {
@@ -271,14 +374,17 @@ impl BlockStore {
                 chunk = &chunk[take..];
                 if buf.len() == file.block_len(current) {
                     let block = Arc::new(std::mem::take(&mut buf));
-                    self.complete(file, current, &job.slots[(current - job.first) as usize], block);
+                    if let Some(slot) = slots.pop_front() {
+                        self.complete(file, current, &slot, block);
+                    }
                     current += 1;
                     buf = Vec::with_capacity(if current < end { file.block_len(current) } else { 0 });
                 }
             }
             current < end
         };
-        let result = self.remote.read_from(&file.id.path, job.first * BLOCK_SIZE, file.size(), &mut sink);
+        log::debug!("fetching blocks {first}..{end} of {}", file.id.path);
+        let result = self.remote.read_from(&file.id.path, first * BLOCK_SIZE, file.size(), &mut sink);
         let failure = match result {
             Ok(_) if current >= end => None,
             Ok(_) => {
@@ -293,9 +399,9 @@ impl BlockStore {
             Stats::add(&self.stats.read_errors, 1);
             log::warn!("fetching {}: {message}", file.id.path);
             let mut inflight = lock(&self.inflight);
-            for i in current..end {
+            for (i, slot) in (current..end).zip(slots.drain(..)) {
                 inflight.remove(&(file.key, i));
-                job.slots[(i - job.first) as usize].finish(SlotState::Failed(message.clone(), changed));
+                slot.finish(SlotState::Failed(message.clone(), changed));
             }
         }
     }
@@ -332,24 +438,31 @@ impl BlockStore {
     /// are skipped. Returns how many blocks were queued.
     pub fn prefetch(&self, file: &FileRef, first: u64, count: u64, run: u64) -> u64 {
         let end = (first + count).min(file.blocks());
+        // Disk blocks are loaded into memory only a little ahead: memory is the scarce side.
+        let load_end = first + (self.config.memory_blocks as u64 / 4).max(1);
         let mut queued = 0;
         let mut i = first;
         while i < end {
             if self.inflight_blocks() >= self.config.max_inflight {
                 break;
             }
-            if self.is_cached(file, i) || lock(&self.inflight).contains_key(&(file.key, i)) {
+            let in_memory = lock(&self.memory).contains(&(file.key, i));
+            let on_disk = !in_memory && self.disk.as_ref().is_some_and(|d| d.contains(&file.id, i));
+            if in_memory || (on_disk && i >= load_end) || lock(&self.inflight).contains_key(&(file.key, i)) {
                 i += 1;
                 continue;
             }
-            let (slots, ours) = self.claim(file, i, (i + run).min(end));
-            if !ours || slots.is_empty() {
+            let claimed = if on_disk { self.claim_for_load(file, i) } else { self.claim(file, i, (i + run).min(end)) };
+            let Claim::Ours(slots) = claimed else {
                 i += 1;
                 continue;
-            }
+            };
             let n = slots.len() as u64;
-            Stats::add(&self.stats.prefetched_blocks, n);
-            lock(&self.queue).push_back(Job { file: file.clone(), first: i, count: n, slots });
+            let source = if on_disk { Source::Disk } else { Source::Network };
+            if source == Source::Network {
+                Stats::add(&self.stats.prefetched_blocks, n);
+            }
+            lock(&self.queue).push_back(Job { file: file.clone(), first: i, count: n, slots, source });
             self.queued.notify_one();
             queued += n;
             i += n;
@@ -405,7 +518,10 @@ fn worker(store: std::sync::Weak<BlockStore>) {
                 q = guard;
             }
         };
-        s.fetch_run(&job);
+        match job.source {
+            Source::Network => s.fetch_run(job),
+            Source::Disk => s.load_run(job),
+        }
     }
 }
 
@@ -437,7 +553,7 @@ mod tests {
             }
             let chunk = s.read(f, off, 128 * 1024).expect("read");
             off += chunk.len() as u64;
-            out.extend(chunk);
+            out.extend_from_slice(&chunk);
         }
         out
     }
@@ -450,7 +566,7 @@ mod tests {
         let f = file("/big", data.len() as u64);
         let off = 40 * MIB + 12345;
         let got = s.read(&f, off, 2880).expect("read");
-        assert_eq!(got, &data[off as usize..off as usize + 2880]);
+        assert_eq!(&got[..], &data[off as usize..off as usize + 2880]);
         assert_eq!(remote.reads(), 1);
         assert_eq!(remote.bytes(), MIB, "one block moved, not the file");
     }
@@ -463,7 +579,7 @@ mod tests {
         let f = file("/f", data.len() as u64);
         s.read(&f, 100, 5000).expect("first read");
         let before = remote.bytes();
-        assert_eq!(s.read(&f, 100, 5000).expect("re-read"), &data[100..5100]);
+        assert_eq!(&s.read(&f, 100, 5000).expect("re-read")[..], &data[100..5100]);
         assert_eq!(remote.bytes(), before);
     }
 
@@ -478,7 +594,7 @@ mod tests {
                 let (s, f, data) = (&s, &f, &data);
                 scope.spawn(move || {
                     let off = i * 1000;
-                    assert_eq!(s.read(f, off, 1000).expect("read"), &data[off as usize..off as usize + 1000]);
+                    assert_eq!(&s.read(f, off, 1000).expect("read")[..], &data[off as usize..off as usize + 1000]);
                 });
             }
         });
@@ -525,7 +641,7 @@ mod tests {
         let f = file("/b", data.len() as u64);
         assert!(s.read(&f, 0, 4096).is_err());
         remote.break_after.store(0, Ordering::SeqCst);
-        assert_eq!(s.read(&f, 0, 4096).expect("works again"), &data[..4096]);
+        assert_eq!(&s.read(&f, 0, 4096).expect("works again")[..], &data[..4096]);
     }
 
     #[test]
@@ -543,7 +659,7 @@ mod tests {
         let remote = Arc::new(FakeRemote::with_file("/e", data.clone()));
         let s = store(&remote, None);
         let f = file("/e", size);
-        assert_eq!(s.read(&f, MIB, 4096).expect("tail"), &data[MIB as usize..]);
+        assert_eq!(&s.read(&f, MIB, 4096).expect("tail")[..], &data[MIB as usize..]);
         assert!(s.read(&f, size, 10).expect("eof").is_empty());
         assert!(s.read(&f, size + 100, 10).expect("past eof").is_empty());
     }

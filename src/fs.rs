@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use crate::blocks::{BlockStore, FileRef};
+use crate::blocks::{BlockStore, Data, FileRef};
 use crate::cache::FileId;
 use crate::error::FsError;
 use crate::inode::{Inodes, Node, ROOT};
@@ -270,12 +270,12 @@ impl MastFs {
         Ok(Opened { fh, keep_cache })
     }
 
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Data, FsError> {
         if ino == STATS_INO {
             let text = self.stats.render().into_bytes();
             let start = (offset as usize).min(text.len());
             let end = start.saturating_add(size as usize).min(text.len());
-            return Ok(text[start..end].to_vec());
+            return Ok(Data::Owned(text[start..end].to_vec()));
         }
         let handle = lock(&self.handles).get(&fh).cloned().ok_or(FsError::BadHandle)?;
         let plan = {
@@ -383,7 +383,7 @@ mod tests {
         let fs = mount(&remote, Duration::from_secs(60));
         let f = fs.lookup(ROOT, name("f")).expect("f").ino;
         let h = fs.open(f, false).expect("open");
-        assert_eq!(fs.read(f, h.fh, 1_000_000, 70_000).expect("read"), &data[1_000_000..1_070_000]);
+        assert_eq!(&fs.read(f, h.fh, 1_000_000, 70_000).expect("read")[..], &data[1_000_000..1_070_000]);
         fs.release(h.fh);
         assert_eq!(fs.read(f, h.fh, 0, 1).err().map(|e| e.errno()), Some(libc::EBADF));
     }
@@ -394,7 +394,7 @@ mod tests {
         let fs = mount(&remote, Duration::from_secs(60));
         let a = fs.lookup(ROOT, name(STATS_NAME)).expect("stats");
         let h = fs.open(a.ino, false).expect("open");
-        let text = String::from_utf8(fs.read(a.ino, h.fh, 0, 4096).expect("read")).expect("utf8");
+        let text = String::from_utf8(fs.read(a.ino, h.fh, 0, 4096).expect("read").to_vec()).expect("utf8");
         assert!(text.contains("net_bytes "));
         assert!(fs.readdir(ROOT).expect("ls").iter().all(|e| e.name != STATS_NAME));
     }

@@ -10,11 +10,25 @@ use mastfs::cli::{Cli, Command, MountArgs};
 use mastfs::mount;
 
 fn main() -> ExitCode {
+    bound_malloc();
     let cli = Cli::parse();
     match cli.command {
         Command::Mount(args) => run_mount(args),
         Command::Umount { mountpoint } => unmount(&mountpoint),
         Command::Stats { mountpoint } => stats(&mountpoint),
+    }
+}
+
+/// glibc raises its mmap threshold after the first 1 MiB block is freed, so later blocks
+/// come from per-thread arenas that keep freed memory: measured 285 MiB peak RSS for a 1 GiB
+/// copy on 24 threads. A fixed threshold between the 128 KiB kernel request size and the
+/// 1 MiB block size returns every block to the kernel on free while request buffers stay on
+/// the heap, and few arenas keep small allocations from multiplying across threads.
+fn bound_malloc() {
+    // SAFETY: mallopt only tunes the allocator; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
 
@@ -96,6 +110,11 @@ fn run_mount(args: MountArgs) -> ExitCode {
         }
     };
     log::info!("mounted {} on {}", prepared.args.host, mountpoint.display());
+    // The stat this needs is answered by the mount itself, so it must wait for run() below.
+    let readahead_mountpoint = mountpoint.clone();
+    let _ = std::thread::Builder::new()
+        .name("mastfs-readahead".into())
+        .spawn(move || widen_readahead(&readahead_mountpoint));
     let mut unmounter = session.unmount_callable();
     let signal_mountpoint = mountpoint.clone();
     match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {
@@ -180,6 +199,21 @@ fn detach_stdio() {
                 libc::close(null);
             }
         }
+    }
+}
+
+/// The kernel caps a FUSE mount's readahead at 128 KiB whatever INIT asks for; its bdi
+/// setting can be raised after mounting (root only), so each kernel request carries more and
+/// warm sequential reads cost fewer round trips (measured: 1 GiB from the disk cache 1.16 s
+/// -> 0.91 s). Best effort: without the right, reads simply stay at 128 KiB.
+fn widen_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, b"1024") {
+        log::debug!("readahead stays at the kernel default ({knob}: {e})");
     }
 }
 

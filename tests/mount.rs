@@ -296,7 +296,9 @@ fn a_re_read_after_a_remount_comes_from_the_disk_cache_with_zero_network_bytes()
     {
         let first = Mount::builder(&server).cache_dir(cache.path()).start();
         assert!(first.read("d/warm.bin") == pattern_bytes(5, 0, size as usize));
-        assert_eq!(stat_value(&first, "net_bytes"), size);
+        // A run that ends mid-file may receive part of one more read chunk before it stops.
+        let net = stat_value(&first, "net_bytes");
+        assert!((size..size + MIB).contains(&net), "first read moved {net} bytes for {size}");
         first.unmount();
     }
     let retrs_before = server.retr_count();
