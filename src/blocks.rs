@@ -385,6 +385,7 @@ impl BlockStore {
         };
         log::debug!("fetching blocks {first}..{end} of {}", file.id.path);
         let result = self.remote.read_from(&file.id.path, first * BLOCK_SIZE, file.size(), &mut sink);
+        log::debug!("fetched blocks {first}..{current} of {}", file.id.path);
         let failure = match result {
             Ok(_) if current >= end => None,
             Ok(_) => {

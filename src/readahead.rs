@@ -13,12 +13,16 @@ use crate::cache::BLOCK_SIZE;
 const BACK_TOLERANCE: u64 = 2 * BLOCK_SIZE;
 /// Reads up to this far ahead of the expected offset still count as sequential.
 const FORWARD_TOLERANCE: u64 = 4 * BLOCK_SIZE;
-/// First window, in blocks: enough to cover the kernel's readahead several times over.
-const INITIAL_WINDOW: u64 = 4;
+/// Bytes read in order before read-ahead starts.
+const TRIGGER: u64 = 2 * BLOCK_SIZE;
+/// First window, in blocks. A reader that got through a whole block in order is copying,
+/// not peeking, so the window starts wide enough to put every connection to work at once:
+/// each ranged RETR costs about six round trips before its first byte.
+const INITIAL_WINDOW: u64 = 32;
 /// Smallest and largest run of blocks one RETR fetches.
 /// Each run ends with an abort, which discards what is in flight on that connection, so
 /// runs are long once the window is: 64 MiB keeps a 1 GiB copy at about 16 aborts.
-const MIN_RUN: u64 = 4;
+const MIN_RUN: u64 = 8;
 const MAX_RUN: u64 = 64;
 
 /// What to fetch ahead: blocks `[first, first+count)`, in RETRs of `run` blocks.
@@ -58,9 +62,11 @@ impl Readahead {
         }
         self.streak = self.streak.saturating_add(1);
         self.next = self.next.max(end);
-        // A FITS header is read as a few 2880-byte records, sequentially: read-ahead waits
-        // until a whole block has been read in order, so header reads fetch one block only.
-        if self.next - self.run_start < BLOCK_SIZE {
+        // Opening a FITS header reads a few 2880-byte records, but the kernel turns the first
+        // read of a file into about 1.1 MiB of requests (measured on 6.18 with a 128 KiB bdi
+        // readahead): read-ahead waits for two whole blocks read in order, so a header read
+        // fetches at most two blocks.
+        if self.next - self.run_start < TRIGGER {
             return None;
         }
         if end == 0 || end >= file_size {
@@ -71,9 +77,10 @@ impl Readahead {
         if self.window == 0 {
             self.window = INITIAL_WINDOW.min(max_window.max(1));
         }
-        // Refill only once half the window is consumed, so each refill is a batch of at least
-        // half a window (long RETRs), not one block per kernel request.
-        if self.ahead_until > current + 1 + self.window / 2 {
+        // Refill as soon as there is room for one more run, so every connection stays busy
+        // instead of a wave of runs finishing together and idling until the next wave.
+        let run = (self.window / workers.max(1)).clamp(MIN_RUN, MAX_RUN);
+        if self.ahead_until + run > current + 1 + self.window {
             return None;
         }
         if self.ahead_until > 0 {
@@ -117,23 +124,24 @@ mod tests {
     }
 
     #[test]
-    fn read_ahead_starts_once_a_whole_block_was_read_in_order() {
+    fn read_ahead_starts_once_two_whole_blocks_were_read_in_order() {
         let mut ra = Readahead::default();
         let mut off = 0;
-        while off + K128 < B {
+        while off + K128 < TRIGGER {
             assert_eq!(ra.on_read(off, K128, GIB, 256, 8), None, "nothing ahead at {off}");
             off += K128;
         }
         let plan = ra.on_read(off, K128, GIB, 256, 8).expect("read-ahead starts");
-        assert_eq!(plan.first, 1);
+        assert_eq!(plan.first, 2);
         assert_eq!(plan.count, INITIAL_WINDOW);
     }
 
     #[test]
-    fn a_fits_header_read_record_by_record_fetches_nothing_ahead() {
+    fn a_fits_header_read_with_the_kernels_first_readahead_fetches_nothing_ahead() {
         let mut ra = Readahead::default();
-        for record in 0..36 {
-            assert_eq!(ra.on_read(record * 2880, 2880, GIB, 256, 8), None);
+        // What the kernel sends for a 4 KiB read at offset 0: nine 128 KiB requests.
+        for i in 0..9 {
+            assert_eq!(ra.on_read(i * K128, K128, GIB, 256, 8), None);
         }
     }
 
@@ -141,7 +149,7 @@ mod tests {
     fn the_window_grows_geometrically_up_to_the_cap_and_never_refetches() {
         let mut ra = Readahead::default();
         let plans = read_sequentially(&mut ra, 300 * B);
-        let mut next = 1;
+        let mut next = plans.first().map_or(0, |p| p.first);
         for p in &plans {
             assert_eq!(p.first, next, "plans are contiguous and never overlap");
             next = p.first + p.count;

@@ -73,14 +73,10 @@ impl Conn {
             let plain = RustlsFtpStream::connect_with_stream(tcp).map_err(|e| classify(e, "greeting"))?;
             plain.into_secure(connector, &ep.host).map_err(|e| classify_tls_setup(e, "AUTH TLS / PROT P"))?
         };
-        let timeout = ep.timeout;
-        ftp = ftp.passive_stream_builder(move |addr: SocketAddr| {
-            let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(FtpError::ConnectionError)?;
-            tcp.set_read_timeout(Some(timeout)).map_err(FtpError::ConnectionError)?;
-            tcp.set_write_timeout(Some(timeout)).map_err(FtpError::ConnectionError)?;
-            let _ = tcp.set_nodelay(true);
-            Ok(tcp)
-        });
+        // The data connection's TCP handshake is only started here; suppaftp then sends REST
+        // and RETR while it completes, and the TLS connector waits for it. That overlaps one
+        // round trip of every ranged read.
+        ftp = ftp.passive_stream_builder(|addr: SocketAddr| start_connect(addr).map_err(FtpError::ConnectionError));
         // The PASV address is often a private or wrong one behind NAT (MAST's own FAQ reports
         // PASV trouble for external hosts); the control connection's peer is always reachable.
         ftp.set_passive_nat_workaround(true);
@@ -277,6 +273,19 @@ fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, RemoteE
     tcp.set_write_timeout(Some(timeout)).map_err(RemoteError::Connect)?;
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
+}
+
+/// Starts a non-blocking TCP connect and returns the socket at once.
+fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    let _ = socket.set_tcp_nodelay(true);
+    Ok(socket.into())
 }
 
 fn partial(delivered: u64, cause: RemoteError) -> RemoteError {

@@ -102,10 +102,31 @@ impl TlsConnector for TimeoutConnector {
     type Stream = <RustlsConnector as TlsConnector>::Stream;
 
     fn connect(&self, domain: &str, stream: TcpStream) -> FtpResult<Self::Stream> {
+        finish_connect(&stream, self.timeout).map_err(suppaftp::FtpError::ConnectionError)?;
         stream.set_read_timeout(Some(self.timeout)).map_err(suppaftp::FtpError::ConnectionError)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(suppaftp::FtpError::ConnectionError)?;
         self.inner.connect(domain, stream)
     }
+}
+
+/// Waits for a connect started without blocking (data connections) to complete; a socket
+/// that is already connected passes straight through.
+fn finish_connect(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for a socket we own, for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, millis) };
+    if ready < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if ready == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "data connection not established in time"));
+    }
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    stream.set_nonblocking(false)
 }
 
 /// `--insecure`: accepts any certificate but still checks handshake signatures, so the
