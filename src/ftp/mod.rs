@@ -34,7 +34,7 @@ impl FtpsRemote {
     /// Logs in once and lists `dir`, so the mount can refuse to start with a clear reason.
     pub fn check(&self, dir: &str) -> Result<(), RemoteError> {
         let mut lease = self.pool.get()?;
-        let result = lease.conn().list_lines(dir);
+        let result = lease.with(|c| c.list_lines(dir));
         if result.is_err() {
             lease.discard();
         }
@@ -62,8 +62,8 @@ impl Remote for FtpsRemote {
         let mut attempt = 0;
         loop {
             let result = self.pool.get().and_then(|mut lease| {
-                let dialect = if lease.conn().mlsd { Dialect::Mlsd } else { Dialect::List };
-                let lines = lease.conn().list_lines(dir);
+                let dialect = lease.with(|c| Ok(if c.mlsd { Dialect::Mlsd } else { Dialect::List }))?;
+                let lines = lease.with(|c| c.list_lines(dir));
                 if let Err(e) = &lines
                     && !matches!(e, RemoteError::Unavailable(_))
                 {
@@ -102,7 +102,7 @@ impl Remote for FtpsRemote {
                     Stats::add(&stats.net_bytes, chunk.len() as u64);
                     sink(chunk)
                 };
-                match lease.conn().read_from(path, offset + total, size, &mut counting) {
+                match lease.with(|c| c.read_from(path, offset + total, size, &mut counting)) {
                     Ok(t) => {
                         if t.aborted {
                             Stats::add(&stats.aborts, 1);

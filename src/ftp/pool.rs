@@ -186,11 +186,12 @@ impl Pool {
 }
 
 impl Lease<'_> {
-    pub fn conn(&mut self) -> &mut Conn {
-        // A lease always holds its connection until dropped.
+    /// Runs `f` on the leased connection.
+    pub fn with<T>(&mut self, f: impl FnOnce(&mut Conn) -> Result<T, RemoteError>) -> Result<T, RemoteError> {
         match self.conn.as_mut() {
-            Some(c) => c,
-            None => unreachable!("lease without connection"),
+            Some(c) => f(c),
+            // Only Drop takes the connection out, so a live lease always holds one.
+            None => Err(RemoteError::Protocol("connection already returned to the pool".into())),
         }
     }
 
