@@ -15,7 +15,7 @@ use lru::LruCache;
 
 use crate::cache::{BLOCK_SIZE, BlockCache, FileId};
 use crate::error::RemoteError;
-use crate::remote::Remote;
+use crate::remote::{Remote, Version};
 use crate::stats::Stats;
 
 type Block = Arc<Vec<u8>>;
@@ -384,7 +384,8 @@ impl BlockStore {
             current < end
         };
         log::debug!("fetching blocks {first}..{end} of {}", file.id.path);
-        let result = self.remote.read_from(&file.id.path, first * BLOCK_SIZE, file.size(), &mut sink);
+        let version = Version { size: file.size(), mtime: file.id.mtime };
+        let result = self.remote.read_from(&file.id.path, first * BLOCK_SIZE, version, &mut sink);
         log::debug!("fetched blocks {first}..{current} of {}", file.id.path);
         let failure = match result {
             Ok(_) if current >= end => None,

@@ -10,6 +10,7 @@ pub const PASSWORD_ENV: &str = "MASTFS_PASSWORD";
 /// on the terminal with echo off.
 pub fn password_for(host: &str, user: &str) -> Result<Secret, String> {
     if let Some(p) = std::env::var_os(PASSWORD_ENV) {
+        scrub_environment(PASSWORD_ENV);
         // SAFETY: called once at start-up, before any thread exists; removing the variable
         // keeps it out of the environment of anything we might start later.
         unsafe { std::env::remove_var(PASSWORD_ENV) };
@@ -27,6 +28,33 @@ pub fn password_for(host: &str, user: &str) -> Result<Secret, String> {
     rpassword::prompt_password(prompt)
         .map(Secret::new)
         .map_err(|e| format!("no password: set {PASSWORD_ENV}, add {host} to ~/.netrc, or run on a terminal ({e})"))
+}
+
+unsafe extern "C" {
+    static environ: *const *mut libc::c_char;
+}
+
+/// Overwrites the value of `name` in the process's original environment block, which is what
+/// `/proc/PID/environ` shows for the whole life of the process; removing the variable alone
+/// leaves the bytes there.
+fn scrub_environment(name: &str) {
+    let prefix = format!("{name}=");
+    // SAFETY: runs single-threaded at start-up; `environ` is a NULL-terminated array of
+    // NUL-terminated strings owned by the C runtime, and each string is only overwritten
+    // within its own length.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let var = *entry;
+            let bytes = std::ffi::CStr::from_ptr(var).to_bytes();
+            if bytes.starts_with(prefix.as_bytes()) {
+                for i in prefix.len()..bytes.len() {
+                    *var.add(i) = b'*' as libc::c_char;
+                }
+            }
+            entry = entry.add(1);
+        }
+    }
 }
 
 /// The password of the first `machine HOST` (or `default`) entry whose login is `user`.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::error::RemoteError;
-use crate::remote::{EntryKind, Remote, RemoteEntry, Sink};
+use crate::remote::{EntryKind, Remote, RemoteEntry, Sink, Version};
 
 #[derive(Default)]
 pub struct FakeRemote {
@@ -88,7 +88,8 @@ impl Remote for FakeRemote {
         Ok(out)
     }
 
-    fn read_from(&self, path: &str, offset: u64, size: u64, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
+    fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
+        let size = version.size;
         self.reads.fetch_add(1, Ordering::SeqCst);
         let data = self
             .files

@@ -29,6 +29,14 @@ pub struct RemoteEntry {
     pub link_target: Option<String>,
 }
 
+/// The version of a file a reader expects: what its listing said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub size: u64,
+    /// Modification time in seconds since the epoch.
+    pub mtime: i64,
+}
+
 /// Receives the bytes of a ranged read in order; returns `false` to stop the transfer early.
 pub type Sink<'a> = dyn FnMut(&[u8]) -> bool + 'a;
 
@@ -38,9 +46,9 @@ pub trait Remote: Send + Sync + 'static {
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError>;
 
     /// Streams the bytes of `path` from `offset` into `sink` until `sink` returns `false` or
-    /// the file ends. Returns the number of bytes delivered. `size` is the size the caller
-    /// believes the file has; a server that announces another size fails with
-    /// `RemoteError::Changed` before any byte reaches the sink. A transfer that breaks after
-    /// delivering some bytes returns `RemoteError::Partial` with the count.
-    fn read_from(&self, path: &str, offset: u64, size: u64, sink: &mut Sink<'_>) -> Result<u64, RemoteError>;
+    /// the file ends. Returns the number of bytes delivered. A server whose file is not
+    /// `version` (another size or time) fails with `RemoteError::Changed` before any byte
+    /// reaches the sink. A transfer that breaks after delivering some bytes returns
+    /// `RemoteError::Partial` with the count.
+    fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError>;
 }

@@ -4,7 +4,7 @@
 //! every socket, errors sorted into `RemoteError`, bounded listings, and ranged reads that stop
 //! early and then prove the control connection is back in step before it is reused.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +14,10 @@ use suppaftp::types::FileType;
 use suppaftp::{FtpError, Mode, RustlsFtpStream, Status};
 
 use super::tls::{TimeoutConnector, per_connection};
+use super::watchdog::{Armed, arm};
 use crate::error::RemoteError;
-use crate::remote::Sink;
+use crate::listing::parse_mlsd_line;
+use crate::remote::{Sink, Version};
 
 /// Where and how to log in.
 #[derive(Clone)]
@@ -49,6 +51,9 @@ pub struct Transfer {
 pub struct Conn {
     ftp: RustlsFtpStream,
     timeout: Duration,
+    /// The server states the file size in its RETR reply (vsftpd does), which makes a
+    /// separate version check before each RETR unnecessary.
+    announces_size: bool,
     pub mlsd: bool,
     /// Last time this connection did work for a reader (keep-alive NOOPs do not count).
     pub last_used: Instant,
@@ -61,7 +66,8 @@ impl Conn {
     pub fn open(ep: &Endpoint, tls: &ClientConfig) -> Result<Conn, RemoteError> {
         let addr = resolve(&ep.host, ep.port)?;
         let config = per_connection(tls);
-        let connector = TimeoutConnector::new(config, ep.timeout);
+        let login_guard = Arc::new(std::sync::Mutex::new(None));
+        let connector = TimeoutConnector::new(config, ep.timeout).guard_first(Arc::clone(&login_guard), ep.timeout * 2);
         let mut ftp = if ep.implicit {
             // suppaftp's implicit connect has no connect timeout of its own; a timed probe
             // first turns an unreachable host into a prompt error instead of a minutes-long hang.
@@ -70,6 +76,8 @@ impl Conn {
                 .map_err(|e| classify_tls_setup(e, "implicit TLS"))?
         } else {
             let tcp = connect_tcp(addr, ep.timeout)?;
+            // Greeting, AUTH TLS, login: bounded as a whole, not only per read.
+            *lock_guard(&login_guard) = arm(&tcp, ep.timeout * 2);
             let plain = RustlsFtpStream::connect_with_stream(tcp).map_err(|e| classify(e, "greeting"))?;
             plain.into_secure(connector, &ep.host).map_err(|e| classify_tls_setup(e, "AUTH TLS / PROT P"))?
         };
@@ -93,11 +101,13 @@ impl Conn {
             Err(_) => false,
         };
         let now = Instant::now();
-        Ok(Conn { ftp, timeout: ep.timeout, mlsd, last_used: now, last_contact: now })
+        drop(lock_guard(&login_guard).take());
+        Ok(Conn { ftp, timeout: ep.timeout, announces_size: false, mlsd, last_used: now, last_contact: now })
     }
 
     /// Lists `dir` (an absolute path) as raw lines, MLSD when offered, LIST otherwise.
     pub fn list_lines(&mut self, dir: &str) -> Result<Vec<String>, RemoteError> {
+        let exchange = self.deadline();
         let command = if self.mlsd {
             format!("MLSD {dir}")
         } else {
@@ -111,9 +121,10 @@ impl Conn {
             .ftp
             .custom_data_command(&command, &[Status::AboutToSend, Status::AlreadyOpen])
             .map_err(|e| classify(e, &command))?;
+        drop(exchange);
         let mut lines = Vec::new();
         let read = {
-            let mut reader = BufReader::new((&mut stream).take(MAX_LISTING_BYTES + 1));
+            let mut reader = Paced::new((&mut stream).take(MAX_LISTING_BYTES + 1), self.timeout);
             read_lines(&mut reader, &mut lines)
         };
         match read {
@@ -127,6 +138,7 @@ impl Conn {
                 return Err(io_error(e, "listing data"));
             }
         }
+        let _closing = self.deadline();
         stream.finish().map_err(|e| classify(e, "end of listing"))?;
         self.last_used = Instant::now();
         Ok(lines)
@@ -139,10 +151,17 @@ impl Conn {
         &mut self,
         path: &str,
         offset: u64,
-        size: u64,
+        version: Version,
         sink: &mut Sink<'_>,
     ) -> Result<Transfer, RemoteError> {
+        let size = version.size;
+        let exchange = self.deadline();
         let start = usize::try_from(offset).map_err(|_| RemoteError::Protocol(format!("offset {offset} too large")))?;
+        // Servers that do not announce the size in their RETR reply get asked first: a file
+        // replaced on the server must fail the read, never mix its bytes with the old ones.
+        if !self.announces_size {
+            self.check_version(path, version)?;
+        }
         self.ftp.resume_transfer(start).map_err(|e| classify(e, "REST"))?;
         // The RETR reply is read here (not via retr_as_stream) because servers such as vsftpd
         // announce the file's size in it: a file replaced on the server since it was listed is
@@ -151,7 +170,9 @@ impl Conn {
             .ftp
             .custom_data_command(format!("RETR {path}"), &[Status::AboutToSend, Status::AlreadyOpen])
             .map_err(|e| classify(e, "RETR"))?;
-        if let Some(announced) = announced_size(&reply_text(&reply))
+        let announced = announced_size(&reply_text(&reply));
+        self.announces_size |= announced.is_some();
+        if let Some(announced) = announced
             && announced != size
         {
             self.finish_early(stream);
@@ -159,7 +180,8 @@ impl Conn {
                 "{path}: server announces {announced} bytes, listing said {size}"
             )));
         }
-        let mut stream = stream;
+        drop(exchange);
+        let mut stream = Paced::new(stream, self.timeout);
         let mut buf = vec![0u8; READ_CHUNK];
         let mut delivered = 0u64;
         let mut stopped_early = false;
@@ -183,6 +205,8 @@ impl Conn {
             }
         }
         self.last_used = Instant::now();
+        let stream = stream.into_inner();
+        let _closing = self.deadline();
         // A sink that stops exactly at the end of the file has seen the whole transfer: it is
         // finished normally, not aborted (ABOR after a completed transfer costs a reply and
         // leaves replies out of step on some servers).
@@ -199,6 +223,40 @@ impl Conn {
         // is in step with a NOOP, which only a 200 answers. Anything else drops the connection.
         let in_step = self.finish_early(stream);
         Ok(Transfer { delivered, reusable: in_step, aborted: true })
+    }
+
+    /// A wall-clock deadline for one command/reply exchange on the control connection.
+    fn deadline(&self) -> Option<Armed> {
+        let socket = self.ftp.get_ref();
+        arm(&socket, self.timeout * 2)
+    }
+
+    /// Asks the server for the file's size and time (`MLST`, or `SIZE` where MLST is missing)
+    /// and fails with `Changed` when they are not `version`'s.
+    fn check_version(&mut self, path: &str, version: Version) -> Result<(), RemoteError> {
+        let changed = |what: String| Err(RemoteError::Changed(format!("{path}: {what}")));
+        if self.mlsd {
+            let facts = self.ftp.mlst(Some(path)).map_err(|e| classify(e, "MLST"))?;
+            // The MLST line names the file by its full path; only its facts matter here.
+            let facts = facts.split_once("; ").map_or(facts.as_str(), |(f, _)| f);
+            let entry = parse_mlsd_line(&format!("{facts}; x"))
+                .map_err(|e| RemoteError::Protocol(format!("MLST {path}: {e}")))?
+                .ok_or_else(|| RemoteError::Protocol(format!("MLST {path}: not a file")))?;
+            let mtime = unix_secs(entry.mtime);
+            if entry.size != version.size {
+                return changed(format!("size is now {}, was {}", entry.size, version.size));
+            }
+            // An MLST without a modify fact reports the epoch; only a real time is compared.
+            if mtime != 0 && mtime != version.mtime {
+                return changed(format!("modified at {mtime}, was {}", version.mtime));
+            }
+            return Ok(());
+        }
+        let now = self.ftp.size(path).map_err(|e| classify(e, "SIZE"))? as u64;
+        if now != version.size {
+            return changed(format!("size is now {now}, was {}", version.size));
+        }
+        Ok(())
     }
 
     fn finish_early(
@@ -228,6 +286,43 @@ impl Conn {
     }
 }
 
+/// Data connections must keep moving: per-read timeouts alone let a server that sends a
+/// byte now and then hold a read forever. Less than `MIN_PROGRESS` bytes in a whole timeout
+/// period fails the read as a timeout.
+const MIN_PROGRESS: u64 = 16 * 1024;
+
+struct Paced<R> {
+    inner: R,
+    period_start: Instant,
+    period_bytes: u64,
+    timeout: Duration,
+}
+
+impl<R: Read> Paced<R> {
+    fn new(inner: R, timeout: Duration) -> Paced<R> {
+        Paced { inner, period_start: Instant::now(), period_bytes: 0, timeout }
+    }
+
+    fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.period_bytes += n as u64;
+        if self.period_start.elapsed() >= self.timeout {
+            if self.period_bytes < MIN_PROGRESS && n > 0 {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "data connection slower than a trickle"));
+            }
+            self.period_start = Instant::now();
+            self.period_bytes = 0;
+        }
+        Ok(n)
+    }
+}
+
 /// The size in a `150 ... (N bytes)` reply, as vsftpd and ProFTPD send it.
 fn announced_size(reply: &str) -> Option<u64> {
     let open = reply.rfind('(')?;
@@ -238,22 +333,31 @@ fn announced_size(reply: &str) -> Option<u64> {
     matches!(words.next(), Some("bytes")).then_some(n)
 }
 
-fn read_lines(reader: &mut impl BufRead, lines: &mut Vec<String>) -> io::Result<u64> {
-    let mut total = 0u64;
+/// Reads a listing and splits it into lines. Servers end lines with CRLF but pass a bare LF
+/// inside a file name through unchanged, so when the listing uses CRLF only CRLF ends a
+/// line: a name holding "\n" must not forge an entry of its own (the parser then rejects the
+/// line whose name holds the LF). Listings with bare-LF line ends are split on LF.
+fn read_lines(reader: &mut impl Read, lines: &mut Vec<String>) -> io::Result<u64> {
     let mut raw = Vec::new();
-    loop {
-        raw.clear();
-        let n = reader.read_until(b'\n', &mut raw)?;
-        if n == 0 {
-            return Ok(total);
-        }
-        total += n as u64;
-        let line = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    let total = reader.read_to_end(&mut raw)? as u64;
+    let crlf = raw.windows(2).any(|w| w == b"\r\n");
+    let mut push = |line: &[u8]| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if !line.is_empty() {
             lines.push(String::from_utf8_lossy(line).into_owned());
         }
+    };
+    if crlf {
+        let mut rest = &raw[..];
+        while let Some(at) = rest.windows(2).position(|w| w == b"\r\n") {
+            push(&rest[..at]);
+            rest = &rest[at + 2..];
+        }
+        push(rest);
+    } else {
+        raw.split(|&b| b == b'\n').for_each(push);
     }
+    Ok(total)
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, RemoteError> {
@@ -286,6 +390,17 @@ fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     }
     let _ = socket.set_tcp_nodelay(true);
     Ok(socket.into())
+}
+
+fn lock_guard<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_secs(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
 }
 
 fn partial(delivered: u64, cause: RemoteError) -> RemoteError {
@@ -352,6 +467,26 @@ pub type TlsTemplate = Arc<ClientConfig>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lines(raw: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        read_lines(&mut &raw[..], &mut out).expect("read");
+        out
+    }
+
+    #[test]
+    fn a_line_feed_inside_a_name_does_not_forge_a_listing_entry() {
+        let raw = b"-rw-r--r-- 1 0 0 5 Nov 25 13:49 a\n-rw-r--r-- 1 0 0 999 Nov 25 13:49 injected\r\n-rw-r--r-- 1 0 0 3 Nov 25 13:49 b\r\n";
+        let got = lines(raw);
+        assert_eq!(got.len(), 2, "two server lines, not three: {got:?}");
+        assert!(got[0].contains("a\n-rw"));
+        assert!(got[1].ends_with(" b"));
+    }
+
+    #[test]
+    fn listings_with_bare_line_feeds_are_still_split() {
+        assert_eq!(lines(b"one\ntwo\n\nthree"), ["one", "two", "three"]);
+    }
 
     #[test]
     fn retr_reply_sizes_are_read_only_from_the_bytes_form() {

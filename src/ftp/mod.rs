@@ -4,13 +4,14 @@
 pub mod conn;
 pub mod pool;
 pub mod tls;
+pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::RemoteError;
 use crate::listing::{self, Dialect};
-use crate::remote::{Remote, RemoteEntry, Sink};
+use crate::remote::{Remote, RemoteEntry, Sink, Version};
 use crate::stats::Stats;
 
 pub use conn::Endpoint;
@@ -90,7 +91,7 @@ impl Remote for FtpsRemote {
         }
     }
 
-    fn read_from(&self, path: &str, offset: u64, size: u64, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
+    fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
         let mut deadline = Instant::now() + self.pool.timeout() * 2;
         let mut total = 0u64;
         let mut attempt = 0;
@@ -102,7 +103,7 @@ impl Remote for FtpsRemote {
                     Stats::add(&stats.net_bytes, chunk.len() as u64);
                     sink(chunk)
                 };
-                match lease.with(|c| c.read_from(path, offset + total, size, &mut counting)) {
+                match lease.with(|c| c.read_from(path, offset + total, version, &mut counting)) {
                     Ok(t) => {
                         if t.aborted {
                             Stats::add(&stats.aborts, 1);

@@ -86,15 +86,33 @@ fn system_roots() -> Result<RootCertStore, RemoteError> {
 /// Wraps suppaftp's rustls connector so every socket that becomes TLS (control, and each data
 /// connection) carries read and write timeouts: a stalled server then fails a read instead of
 /// hanging it, including during the handshake and the welcome banner.
-#[derive(Debug)]
 pub struct TimeoutConnector {
     inner: RustlsConnector,
     timeout: Duration,
+    /// Where to keep a wall-clock deadline armed on the first socket (the control connection
+    /// of an implicit-TLS login, whose greeting suppaftp reads before handing it back).
+    first: Option<(LoginGuard, Duration)>,
+}
+
+/// The login's deadline, disarmed by the caller once logged in.
+pub type LoginGuard = Arc<std::sync::Mutex<Option<super::watchdog::Armed>>>;
+
+impl std::fmt::Debug for TimeoutConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutConnector").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
 }
 
 impl TimeoutConnector {
     pub fn new(config: Arc<ClientConfig>, timeout: Duration) -> Self {
-        TimeoutConnector { inner: RustlsConnector::from(config), timeout }
+        TimeoutConnector { inner: RustlsConnector::from(config), timeout, first: None }
+    }
+
+    /// Arms `limit` on the first socket this connector secures, unless a deadline is armed in
+    /// `guard` already.
+    pub fn guard_first(mut self, guard: LoginGuard, limit: Duration) -> Self {
+        self.first = Some((guard, limit));
+        self
     }
 }
 
@@ -103,6 +121,12 @@ impl TlsConnector for TimeoutConnector {
 
     fn connect(&self, domain: &str, stream: TcpStream) -> FtpResult<Self::Stream> {
         finish_connect(&stream, self.timeout).map_err(suppaftp::FtpError::ConnectionError)?;
+        if let Some((guard, limit)) = &self.first {
+            let mut slot = guard.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = super::watchdog::arm(&stream, *limit);
+            }
+        }
         stream.set_read_timeout(Some(self.timeout)).map_err(suppaftp::FtpError::ConnectionError)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(suppaftp::FtpError::ConnectionError)?;
         self.inner.connect(domain, stream)

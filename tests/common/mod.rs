@@ -4,6 +4,8 @@
 //! Each integration test crate compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::collections::HashMap;
 use std::fs::{self, File, Permissions};
 use std::io::{BufRead, BufReader, Read, Write};

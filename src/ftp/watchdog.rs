@@ -1,0 +1,120 @@
+//! Wall-clock deadlines for FTP exchanges.
+//!
+//! Socket read timeouts bound each read, not a whole reply: a server that drips one line of a
+//! multi-line reply every few seconds would hold a connection (and a mount attempt) forever.
+//! An armed deadline shuts the socket down when it passes, which fails the pending read with
+//! an error that the caller already treats as a dead connection.
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+struct Entry {
+    id: u64,
+    deadline: Instant,
+    socket: TcpStream,
+}
+
+#[derive(Default)]
+struct State {
+    entries: Vec<Entry>,
+    next_id: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+fn shared() -> &'static Arc<Shared> {
+    static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new() });
+        let for_thread = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new().name("mastfs-watchdog".into()).spawn(move || watch(&for_thread));
+        if let Err(e) = spawned {
+            log::warn!("no watchdog thread ({e}); a server that drips replies can stall a connection");
+        }
+        shared
+    })
+}
+
+fn watch(shared: &Shared) {
+    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let now = Instant::now();
+        st.entries.retain(|e| {
+            if e.deadline <= now {
+                log::warn!("server exchange took longer than its deadline; dropping the connection");
+                let _ = e.socket.shutdown(Shutdown::Both);
+                false
+            } else {
+                true
+            }
+        });
+        let wait = st.entries.iter().map(|e| e.deadline - now).min().unwrap_or(Duration::from_secs(3600));
+        st = shared.changed.wait_timeout(st, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+    }
+}
+
+/// A deadline on a socket; dropping it disarms the deadline.
+pub struct Armed {
+    id: u64,
+}
+
+/// Shuts `socket` down if the guard is still alive after `limit`. `None` if the socket
+/// cannot be cloned (then only the per-read timeouts apply).
+pub fn arm(socket: &TcpStream, limit: Duration) -> Option<Armed> {
+    let socket = socket.try_clone().ok()?;
+    let shared = shared();
+    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    st.next_id += 1;
+    let id = st.next_id;
+    st.entries.push(Entry { id, deadline: Instant::now() + limit, socket });
+    shared.changed.notify_one();
+    Some(Armed { id })
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        let shared = shared();
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.entries.retain(|e| e.id != self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        (client, server)
+    }
+
+    #[test]
+    fn a_read_still_blocked_at_the_deadline_fails() {
+        let (mut client, _server) = pair();
+        let _armed = arm(&client, Duration::from_millis(200));
+        let started = Instant::now();
+        let mut buf = [0u8; 1];
+        assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)), "the read ends instead of blocking");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_disarmed_deadline_leaves_the_socket_alone() {
+        let (client, mut server) = pair();
+        drop(arm(&client, Duration::from_millis(50)));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut c = &client;
+        std::io::Write::write_all(&mut c, b"x").expect("socket still open");
+        let mut buf = [0u8; 1];
+        server.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"x");
+    }
+}
