@@ -22,16 +22,6 @@ const TIMEOUT: &str = "3";
 /// Far beyond any legitimate duration of one tool run here: reaching it is a hang.
 const HANG: Duration = Duration::from_secs(90);
 
-fn ready(kind: Kind) -> bool {
-    require_fuse() && require_server(kind)
-}
-
-fn new_root() -> tempfile::TempDir {
-    let root = tempfile::Builder::new().prefix("mastfs-root-").tempdir().expect("root dir");
-    set_mode(root.path(), 0o755);
-    root
-}
-
 /// A server over a fresh root prepared by `fill`.
 fn serve(kind: Kind, fill: impl FnOnce(&Path)) -> (tempfile::TempDir, Server) {
     let root = new_root();
@@ -61,45 +51,9 @@ fn mount_relayed(server: &Server, relay: &Relay, extra: &[&str]) -> Mount {
     mount
 }
 
-fn stat_value(mount: &Mount, name: &str) -> u64 {
-    let out = mount.stats();
-    assert!(out.status.success(), "mastfs stats failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
-}
-
 /// Starts a command with its output captured.
 fn spawn(cmd: &mut Command) -> Child {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
-}
-
-/// Waits for a command started with [`spawn`]; a command still running after `limit` is
-/// killed and the test fails: a hang is a failure, never a stuck suite.
-fn finish(child: Child, what: &str, limit: Duration) -> Output {
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait for command"),
-        Err(_) => {
-            // SAFETY: killing the child this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("{what} hung: still running after {limit:?}");
-        }
-    }
-}
-
-fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let what = format!("{cmd:?}");
-    finish(spawn(cmd), &what, limit)
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `cat` of a file on the mount: its bytes, or the failed run.

@@ -15,45 +15,12 @@ use common::*;
 
 const MIB: u64 = 1 << 20;
 
-fn ready(kind: Kind) -> bool {
-    require_fuse() && require_server(kind)
-}
-
 /// A server over a fresh root prepared by `fill`.
 fn serve(kind: Kind, fill: impl FnOnce(&Path)) -> (tempfile::TempDir, Server) {
-    let root = tempfile::Builder::new().prefix("mastfs-root-").tempdir().expect("root dir");
-    set_mode(root.path(), 0o755);
+    let root = new_root();
     fill(root.path());
     let server = Server::builder(kind).root(root.path()).start();
     (root, server)
-}
-
-fn stat_value(mount: &Mount, name: &str) -> u64 {
-    let out = mount.stats();
-    assert!(out.status.success(), "mastfs stats failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
-}
-
-/// Runs a command with a deadline; a hang is a test failure, not a stuck suite. Output is
-/// drained while it runs, so a chatty command never blocks on a full pipe.
-fn run(cmd: &mut Command, limit: Duration) -> std::process::Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait for command"),
-        Err(_) => {
-            // SAFETY: killing the child this function started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-    }
 }
 
 fn ls_names(dir: &Path) -> HashSet<String> {

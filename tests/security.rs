@@ -26,38 +26,6 @@ const HANG: Duration = Duration::from_secs(90);
 /// A mount with `--timeout 2` that has not given up on a garbage server after this long never will.
 const GIVE_UP: Duration = Duration::from_secs(30);
 
-fn ready(kind: Kind) -> bool {
-    require_fuse() && require_server(kind)
-}
-
-fn new_root() -> tempfile::TempDir {
-    let root = tempfile::Builder::new().prefix("mastfs-root-").tempdir().expect("root dir");
-    set_mode(root.path(), 0o755);
-    root
-}
-
-/// Runs a command with a deadline; a hang fails the test.
-fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait for command"),
-        Err(_) => {
-            // SAFETY: killing the child this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("{cmd:?} hung: still running after {limit:?}");
-        }
-    }
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -829,6 +829,60 @@ pub fn fits_header(cards: &[(&str, &str)]) -> Vec<u8> {
     h.into_bytes()
 }
 
+/// FUSE and a server of `kind` are both available (or the test is skipped; fails under CI).
+pub fn ready(kind: Kind) -> bool {
+    require_fuse() && require_server(kind)
+}
+
+/// A fresh directory to serve, searchable by the servers' unprivileged users.
+pub fn new_root() -> TempDir {
+    let root = tempfile::Builder::new().prefix("mastfs-root-").tempdir().expect("root dir");
+    set_mode(root.path(), 0o755);
+    root
+}
+
+// ------------------------------------------------------------------ running tools
+
+/// Runs a command with a deadline, output captured and drained while it runs (a chatty
+/// command never blocks on a full pipe). A command still running after `limit` is killed
+/// and the test fails: a hang is a failure, never a stuck suite.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    finish(child, &what, limit)
+}
+
+/// Waits for a child started with piped output; see [`run`].
+pub fn finish(child: Child, what: &str, limit: Duration) -> Output {
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for command"),
+        Err(_) => {
+            // SAFETY: killing the child this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("{what} hung: still running after {limit:?}");
+        }
+    }
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One counter of `mastfs stats`.
+pub fn stat_value(mount: &Mount, name: &str) -> u64 {
+    let out = mount.stats();
+    assert!(out.status.success(), "mastfs stats failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
+}
+
 // ------------------------------------------------------------------ mounts
 
 /// How to mount a server with the mastfs binary.
@@ -898,6 +952,12 @@ impl<'a> MountBuilder<'a> {
 
     /// Mount, or report how the daemon failed (for tests that expect failure).
     pub fn try_start(self) -> Result<Mount, MountFailure> {
+        let (host, port) = (self.server.host.clone(), self.server.port);
+        self.try_start_at(&host, port)
+    }
+
+    /// Mount through `host:port` instead of the server's own address (e.g. a relay).
+    pub fn try_start_at(self, host: &str, port: u16) -> Result<Mount, MountFailure> {
         let scratch =
             tempfile::Builder::new().prefix("mastfs-mount-").tempdir().expect("create a temp dir for the mount");
         let mountpoint = scratch.path().join("mnt");
@@ -907,8 +967,8 @@ impl<'a> MountBuilder<'a> {
         let stderr = File::create(&stderr_path).expect("create the daemon's stderr file");
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mastfs"));
-        cmd.args(["mount", "--foreground", "--host", &self.server.host])
-            .args(["--port", &self.server.port.to_string()])
+        cmd.args(["mount", "--foreground", "--host", host])
+            .args(["--port", &port.to_string()])
             .arg("--cache-dir")
             .arg(&cache_dir);
         match self.ca {

@@ -14,18 +14,16 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
 use std::hash::BuildHasher;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{CaChoice, MOUNT_TIMEOUT, Mount, MountBuilder, MountFailure, is_mounted};
+use super::{Mount, MountBuilder, MountFailure};
 
 /// Where the relay listens: a loopback address the servers do not use.
 pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -421,72 +419,6 @@ impl MountBuilder<'_> {
 
     /// As [`MountBuilder::try_start`], connecting to `host:port`.
     pub fn try_start_via(self, host: &str, port: u16) -> Result<Mount, MountFailure> {
-        let scratch =
-            tempfile::Builder::new().prefix("mastfs-mount-").tempdir().expect("create a temp dir for the mount");
-        let mountpoint = scratch.path().join("mnt");
-        fs::create_dir(&mountpoint).expect("create the mount point");
-        let cache_dir = self.cache_dir.clone().unwrap_or_else(|| scratch.path().join("cache"));
-        let stderr_path = scratch.path().join("stderr");
-        let stderr = File::create(&stderr_path).expect("create the daemon's stderr file");
-
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mastfs"));
-        cmd.args(["mount", "--foreground", "--host", host])
-            .args(["--port", &port.to_string()])
-            .arg("--cache-dir")
-            .arg(&cache_dir);
-        match self.ca {
-            CaChoice::Server => {
-                cmd.arg("--ca-file").arg(&self.server.ca_file);
-            }
-            CaChoice::Wrong => {
-                cmd.arg("--ca-file").arg(&self.server.wrong_ca_file);
-            }
-            CaChoice::None => {}
-        }
-        if self.server.implicit {
-            cmd.arg("--implicit");
-        }
-        if self.auth == super::Auth::Password {
-            let (name, password) = self.server.user.as_ref().expect("server started with a password user");
-            cmd.args(["--user", name]).env("MASTFS_PASSWORD", password);
-        }
-        cmd.args(&self.extra).arg(&mountpoint);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let command_line = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run mastfs: {e}"));
-
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if is_mounted(&mountpoint) {
-                return Ok(Mount { mountpoint, cache_dir, child: Some(child), stderr_path, _scratch: scratch });
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(MountFailure {
-                    exit_code: status.code(),
-                    stderr: fs::read_to_string(&stderr_path).unwrap_or_default(),
-                    command_line,
-                });
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(MountFailure {
-                    exit_code: None,
-                    stderr: format!(
-                        "(no mount within {MOUNT_TIMEOUT:?})\n{}",
-                        fs::read_to_string(&stderr_path).unwrap_or_default()
-                    ),
-                    command_line,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.try_start_at(host, port)
     }
 }
