@@ -188,6 +188,8 @@ fn random_preads(kind: Kind, extra: &[&str]) {
         }
     });
     assert_eq!(stat_value(&mount, "read_errors"), 0);
+    assert!(stat_value(&mount, "aborts") > 0, "random reads end their transfers early");
+    assert_eq!(stat_value(&mount, "reconnects"), 0, "every early end left the control connection in step");
 }
 
 #[test]

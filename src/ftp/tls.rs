@@ -92,6 +92,7 @@ pub struct TimeoutConnector {
     /// Where to keep a wall-clock deadline armed on the first socket (the control connection
     /// of an implicit-TLS login, whose greeting suppaftp reads before handing it back).
     first: Option<(LoginGuard, Duration)>,
+    first_seen: std::sync::atomic::AtomicBool,
 }
 
 /// The login's deadline, disarmed by the caller once logged in.
@@ -105,7 +106,7 @@ impl std::fmt::Debug for TimeoutConnector {
 
 impl TimeoutConnector {
     pub fn new(config: Arc<ClientConfig>, timeout: Duration) -> Self {
-        TimeoutConnector { inner: RustlsConnector::from(config), timeout, first: None }
+        TimeoutConnector { inner: RustlsConnector::from(config), timeout, first: None, first_seen: Default::default() }
     }
 
     /// Arms `limit` on the first socket this connector secures, unless a deadline is armed in
@@ -121,7 +122,12 @@ impl TlsConnector for TimeoutConnector {
 
     fn connect(&self, domain: &str, stream: TcpStream) -> FtpResult<Self::Stream> {
         finish_connect(&stream, self.timeout).map_err(suppaftp::FtpError::ConnectionError)?;
-        if let Some((guard, limit)) = &self.first {
+        // Only the very first socket is the control connection; a deadline left armed on a
+        // data socket would also keep a clone of it open, so closing it would not end the
+        // transfer.
+        if let Some((guard, limit)) = &self.first
+            && !self.first_seen.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             let mut slot = guard.lock().unwrap_or_else(|p| p.into_inner());
             if slot.is_none() {
                 *slot = super::watchdog::arm(&stream, *limit);
