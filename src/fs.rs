@@ -278,7 +278,6 @@ impl MastFs {
             return Ok(Data::Owned(text[start..end].to_vec()));
         }
         let handle = lock(&self.handles).get(&fh).cloned().ok_or(FsError::BadHandle)?;
-        log::debug!("read fh {fh} at {offset} len {size}");
         let plan = {
             let cfg = self.store.config();
             lock(&handle.readahead).on_read(

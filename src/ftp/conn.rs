@@ -129,7 +129,7 @@ impl Conn {
         };
         match read {
             Ok(total) if total > MAX_LISTING_BYTES => {
-                let _ = self.ftp.abort(stream);
+                self.finish_early(stream);
                 return Err(RemoteError::Protocol(format!("listing of {dir} exceeds {MAX_LISTING_BYTES} bytes")));
             }
             Ok(_) => {}

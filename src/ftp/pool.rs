@@ -5,7 +5,6 @@
 //! when the server answers 421 (too many connections) and creeps back up later, as lftp does,
 //! because MAST's per-user limit is not published.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,6 @@ pub struct Pool {
     state: Mutex<State>,
     freed: Condvar,
     stats: Arc<Stats>,
-    opened: AtomicUsize,
 }
 
 /// A checked-out connection; goes back to the pool on drop unless marked broken.
@@ -57,7 +55,6 @@ impl Pool {
             state: Mutex::new(State { idle: Vec::new(), busy: 0, limit: max, lowered_at: None }),
             freed: Condvar::new(),
             stats,
-            opened: AtomicUsize::new(0),
         });
         spawn_keepalive(Arc::downgrade(&pool));
         pool
@@ -125,9 +122,6 @@ impl Pool {
     fn open(&self) -> Result<Conn, RemoteError> {
         let conn = Conn::open(&self.endpoint, &self.tls)?;
         Stats::add(&self.stats.logins, 1);
-        if self.opened.fetch_add(1, Ordering::Relaxed) > 0 {
-            log::debug!("opened another connection to {}", self.endpoint.host);
-        }
         Ok(conn)
     }
 
