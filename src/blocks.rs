@@ -7,11 +7,12 @@
 //! small worker pool, one run per pooled connection, like `lftp pget -n`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
+use parking_lot::{Condvar, Mutex};
 
 use crate::cache::{BLOCK_SIZE, BlockCache, FileId};
 use crate::error::RemoteError;
@@ -98,14 +99,14 @@ impl Slot {
         Arc::new(Slot { state: Mutex::new(SlotState::Pending), ready: Condvar::new() })
     }
     fn finish(&self, state: SlotState) {
-        *lock(&self.state) = state;
+        *self.state.lock() = state;
         self.ready.notify_all();
     }
     fn wait(&self) -> Result<Block, RemoteError> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         loop {
             match &*st {
-                SlotState::Pending => st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner()),
+                SlotState::Pending => self.ready.wait(&mut st),
                 SlotState::Done(b) => return Ok(Arc::clone(b)),
                 SlotState::Failed(m, changed) => {
                     return Err(if *changed {
@@ -117,10 +118,6 @@ impl Slot {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum Claim {
@@ -236,12 +233,12 @@ impl BlockStore {
 
     /// Whether a block is available without the network.
     pub fn is_cached(&self, file: &FileRef, index: u64) -> bool {
-        lock(&self.memory).contains(&(file.key, index))
+        self.memory.lock().contains(&(file.key, index))
             || self.disk.as_ref().is_some_and(|d| d.contains(&file.id, index))
     }
 
     fn in_memory(&self, file: &FileRef, index: u64) -> Option<Block> {
-        lock(&self.memory).get(&(file.key, index)).map(Arc::clone)
+        self.memory.lock().get(&(file.key, index)).map(Arc::clone)
     }
 
     /// Reads a block from the disk cache into memory: the kernel reads a block in several
@@ -252,7 +249,7 @@ impl BlockStore {
             return None;
         }
         let block = Arc::new(data);
-        lock(&self.memory).put((file.key, index), Arc::clone(&block));
+        self.memory.lock().put((file.key, index), Arc::clone(&block));
         Some(block)
     }
 
@@ -299,9 +296,9 @@ impl BlockStore {
 
     /// Claims one disk-cached block for loading into memory ahead of the reader.
     fn claim_for_load(&self, file: &FileRef, index: u64) -> Claim {
-        let mut inflight = lock(&self.inflight);
+        let mut inflight = self.inflight.lock();
         let key = (file.key, index);
-        if inflight.contains_key(&key) || lock(&self.memory).contains(&key) {
+        if inflight.contains_key(&key) || self.memory.lock().contains(&key) {
             return Claim::Cached;
         }
         let slot = Slot::new();
@@ -310,7 +307,7 @@ impl BlockStore {
     }
 
     fn release(&self, file: &FileRef, index: u64, slot: &Slot, state: SlotState) {
-        lock(&self.inflight).remove(&(file.key, index));
+        self.inflight.lock().remove(&(file.key, index));
         slot.finish(state);
     }
 
@@ -335,7 +332,7 @@ impl BlockStore {
     /// nobody has cached. Checked under the in-flight lock, which a completed fetch leaves
     /// only after its block is stored, so a block is never fetched twice.
     fn claim(&self, file: &FileRef, index: u64, end: u64) -> Claim {
-        let mut inflight = lock(&self.inflight);
+        let mut inflight = self.inflight.lock();
         if let Some(existing) = inflight.get(&(file.key, index)) {
             return Claim::Theirs(Arc::clone(existing));
         }
@@ -400,7 +397,7 @@ impl BlockStore {
         if let Some((message, changed)) = failure {
             Stats::add(&self.stats.read_errors, 1);
             log::warn!("fetching {}: {message}", file.id.path);
-            let mut inflight = lock(&self.inflight);
+            let mut inflight = self.inflight.lock();
             for (i, slot) in (current..end).zip(slots.drain(..)) {
                 inflight.remove(&(file.key, i));
                 slot.finish(SlotState::Failed(message.clone(), changed));
@@ -420,7 +417,7 @@ impl BlockStore {
                 }
                 Err(e) => {
                     Stats::add(&self.stats.cache_write_errors, 1);
-                    *lock(&self.disk_failed_at) = Some(Instant::now());
+                    *self.disk_failed_at.lock() = Some(Instant::now());
                     // Warn once per outage; reads go on from memory and the network.
                     if self.disk_ok.swap(false, Ordering::Relaxed) {
                         log::warn!(
@@ -431,8 +428,8 @@ impl BlockStore {
                 }
             }
         }
-        lock(&self.memory).put((file.key, index), Arc::clone(&block));
-        lock(&self.inflight).remove(&(file.key, index));
+        self.memory.lock().put((file.key, index), Arc::clone(&block));
+        self.inflight.lock().remove(&(file.key, index));
         slot.finish(SlotState::Done(block));
     }
 
@@ -448,9 +445,9 @@ impl BlockStore {
             if self.inflight_blocks() >= self.config.max_inflight {
                 break;
             }
-            let in_memory = lock(&self.memory).contains(&(file.key, i));
+            let in_memory = self.memory.lock().contains(&(file.key, i));
             let on_disk = !in_memory && self.disk.as_ref().is_some_and(|d| d.contains(&file.id, i));
-            if in_memory || (on_disk && i >= load_end) || lock(&self.inflight).contains_key(&(file.key, i)) {
+            if in_memory || (on_disk && i >= load_end) || self.inflight.lock().contains_key(&(file.key, i)) {
                 i += 1;
                 continue;
             }
@@ -464,7 +461,7 @@ impl BlockStore {
             if source == Source::Network {
                 Stats::add(&self.stats.prefetched_blocks, n);
             }
-            lock(&self.queue).push_back(Job { file: file.clone(), first: i, count: n, slots, source });
+            self.queue.lock().push_back(Job { file: file.clone(), first: i, count: n, slots, source });
             self.queued.notify_one();
             queued += n;
             i += n;
@@ -477,11 +474,11 @@ impl BlockStore {
         if self.disk_ok.load(Ordering::Relaxed) {
             return true;
         }
-        lock(&self.disk_failed_at).is_none_or(|t| t.elapsed() >= DISK_RETRY)
+        self.disk_failed_at.lock().is_none_or(|t| t.elapsed() >= DISK_RETRY)
     }
 
     fn inflight_blocks(&self) -> u64 {
-        lock(&self.inflight).len() as u64
+        self.inflight.lock().len() as u64
     }
 
     pub fn config(&self) -> &BlockConfig {
@@ -502,7 +499,7 @@ fn worker(store: std::sync::Weak<BlockStore>) {
     loop {
         let Some(s) = store.upgrade() else { return };
         let job = {
-            let mut q = lock(&s.queue);
+            let mut q = s.queue.lock();
             loop {
                 if s.shutdown.load(Ordering::SeqCst) {
                     // Wake every waiter: nobody will fetch what is still queued.
@@ -516,8 +513,7 @@ fn worker(store: std::sync::Weak<BlockStore>) {
                 if let Some(job) = q.pop_front() {
                     break job;
                 }
-                let (guard, _) = s.queued.wait_timeout(q, Duration::from_secs(1)).unwrap_or_else(|p| p.into_inner());
-                q = guard;
+                s.queued.wait_for(&mut q, Duration::from_secs(1));
             }
         };
         match job.source {
@@ -612,7 +608,7 @@ mod tests {
         let f = file("/seq", size);
         assert!(read_all(&s, &f) == data, "bytes differ");
         assert_eq!(remote.bytes(), size, "no block fetched twice");
-        let log: Vec<(u64, u64)> = remote.log.lock().unwrap().iter().map(|(_, o, n)| (o / MIB, n / MIB)).collect();
+        let log: Vec<(u64, u64)> = remote.log.lock().iter().map(|(_, o, n)| (o / MIB, n / MIB)).collect();
         assert!(remote.reads() < 20, "read-ahead fetches runs, not single blocks: {log:?}");
     }
 

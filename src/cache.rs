@@ -14,12 +14,12 @@
 //! unlinks) happens outside it. A reader racing an eviction either opened the file before the unlink (and reads
 //! the complete old file through its descriptor) or after it (and sees a miss).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::fs::{self, DirBuilder, File, FileTimes, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use lru::LruCache;
@@ -87,6 +87,7 @@ impl FileId {
 
 /// Counters since `open` (hits … write_errors) and the current index size (bytes_used, blocks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg(test)]
 pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
@@ -295,6 +296,7 @@ impl BlockCache {
         self.lock().lru.contains(&(id.key(), index))
     }
 
+    #[cfg(test)]
     pub fn stats(&self) -> CacheStats {
         let (bytes_used, blocks) = {
             let ix = self.lock();
@@ -313,7 +315,7 @@ impl BlockCache {
 
     fn lock(&self) -> MutexGuard<'_, Index> {
         // Nothing panics while holding the lock, and the index stays consistent if something did.
-        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.index.lock()
     }
 
     fn file_dir(&self, key: &[u8; 32]) -> PathBuf {

@@ -2,13 +2,14 @@
 
 use std::fmt;
 
-/// A password: never printed, never logged, wiped from memory on drop.
+/// A password: never printed, never logged, wiped from memory on drop (zeroize writes
+/// with volatile stores the optimiser cannot remove).
 #[derive(Clone, Default)]
-pub struct Secret(String);
+pub struct Secret(zeroize::Zeroizing<String>);
 
 impl Secret {
     pub fn new(s: String) -> Secret {
-        Secret(s)
+        Secret(zeroize::Zeroizing::new(s))
     }
     pub fn expose(&self) -> &str {
         &self.0
@@ -18,18 +19,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        // Best effort: overwrite the bytes so a core dump or swapped page holds no password.
-        // SAFETY: zero bytes keep the String valid UTF-8.
-        unsafe {
-            for b in self.0.as_bytes_mut() {
-                std::ptr::write_volatile(b, 0);
-            }
-        }
     }
 }
 

@@ -1,36 +1,58 @@
 //! Typed errors, and the one place where they become errno values.
+//!
+//! A `RemoteError` keeps its kind from the socket where it happened to the FUSE reply: the
+//! single-flight machinery hands one failure to every waiter, so errors are `Clone` (an
+//! `io::Error` is kept as its kind plus its message).
 
-use std::fmt;
 use std::io;
 
+use thiserror::Error;
+
 /// Failures talking to the server.
-#[derive(Debug)]
+#[derive(Debug, Clone, Error)]
 pub enum RemoteError {
-    /// TCP connect failed or the connection dropped.
-    Connect(io::Error),
+    /// TCP connect failed, or the connection dropped.
+    #[error("connection failed: {message}")]
+    Connect { kind: io::ErrorKind, message: String },
     /// No answer within the configured timeout.
+    #[error("timed out: {0}")]
     Timeout(String),
     /// Certificate verification or the TLS handshake failed, or the server refused TLS.
+    #[error("TLS failed: {0}")]
     Tls(String),
     /// The server refused the login (wrong user or password).
+    #[error("login refused: {0}")]
     Login(String),
     /// The server refused more connections (`421`, "too many connections").
+    #[error("server refused the connection: {0}")]
     TooManyConnections(String),
     /// `550` and friends: the file or directory is missing or not accessible.
+    #[error("not available on the server: {0}")]
     Unavailable(String),
-    /// The file on the server is not the version the caller knows (other size).
+    /// The file on the server is not the version the caller knows (other size or time).
+    #[error("file changed on the server: {0}")]
     Changed(String),
-    /// Reply that makes no sense here (garbage, wrong code, out of step).
+    /// A reply that makes no sense here (garbage, wrong code, out of step).
+    #[error("protocol error: {0}")]
     Protocol(String),
-    /// A transfer broke after `delivered` bytes reached the sink.
+    /// A transfer broke after `delivered` bytes reached the caller.
+    #[error("transfer broke after {delivered} bytes: {cause}")]
     Partial { delivered: u64, cause: Box<RemoteError> },
 }
 
 impl RemoteError {
+    /// Wraps an I/O error of a socket, naming what was being done.
+    pub fn io(e: &io::Error, what: &str) -> RemoteError {
+        match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => RemoteError::Timeout(what.to_string()),
+            kind => RemoteError::Connect { kind, message: format!("{what}: {e}") },
+        }
+    }
+
     /// Whether trying again (on a fresh connection) may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            RemoteError::Connect(_)
+            RemoteError::Connect { .. }
             | RemoteError::Timeout(_)
             | RemoteError::TooManyConnections(_)
             | RemoteError::Protocol(_) => true,
@@ -42,39 +64,23 @@ impl RemoteError {
     }
 }
 
-impl fmt::Display for RemoteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RemoteError::Connect(e) => write!(f, "connection failed: {e}"),
-            RemoteError::Timeout(what) => write!(f, "timed out: {what}"),
-            RemoteError::Tls(m) => write!(f, "TLS failed: {m}"),
-            RemoteError::Login(m) => write!(f, "login refused: {m}"),
-            RemoteError::TooManyConnections(m) => write!(f, "server refused the connection: {m}"),
-            RemoteError::Unavailable(m) => write!(f, "not available on the server: {m}"),
-            RemoteError::Changed(m) => write!(f, "file changed on the server: {m}"),
-            RemoteError::Protocol(m) => write!(f, "protocol error: {m}"),
-            RemoteError::Partial { delivered, cause } => {
-                write!(f, "transfer broke after {delivered} bytes: {cause}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for RemoteError {}
-
 /// Failures of a file-system operation, as the kernel will see them.
-#[derive(Debug)]
+#[derive(Debug, Clone, Error)]
 pub enum FsError {
+    #[error("no such file or directory")]
     NotFound,
+    #[error("not a directory")]
     NotDir,
+    #[error("is a directory")]
     IsDir,
+    #[error("read-only file system")]
     ReadOnly,
+    #[error("bad file handle")]
     BadHandle,
-    /// The file changed on the server while it was open.
-    Stale,
-    /// The server refused access to the file.
-    Denied(String),
-    Remote(RemoteError),
+    #[error("not a symbolic link")]
+    NotSymlink,
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 impl FsError {
@@ -86,34 +92,32 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
-            FsError::Stale => libc::ESTALE,
-            FsError::Denied(_) => libc::EACCES,
+            FsError::NotSymlink => libc::EINVAL,
             FsError::Remote(RemoteError::Unavailable(_)) => libc::EACCES,
             FsError::Remote(RemoteError::Changed(_)) => libc::ESTALE,
+            FsError::Remote(RemoteError::Partial { cause, .. }) => FsError::Remote((**cause).clone()).errno(),
             FsError::Remote(_) => libc::EIO,
         }
     }
 }
 
-impl From<RemoteError> for FsError {
-    fn from(e: RemoteError) -> Self {
-        FsError::Remote(e)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_eacces_even_after_a_partial_transfer() {
+        let refused = RemoteError::Unavailable("RETR /f: 550 Permission denied".into());
+        assert_eq!(FsError::from(refused.clone()).errno(), libc::EACCES);
+        let partial = RemoteError::Partial { delivered: 10, cause: Box::new(refused) };
+        assert_eq!(FsError::from(partial).errno(), libc::EACCES);
+    }
+
+    #[test]
+    fn network_failures_are_eio_and_changes_are_estale() {
+        let reset = RemoteError::io(&io::ErrorKind::ConnectionReset.into(), "data connection");
+        assert_eq!(FsError::from(reset).errno(), libc::EIO);
+        assert_eq!(FsError::from(RemoteError::Timeout("RETR".into())).errno(), libc::EIO);
+        assert_eq!(FsError::from(RemoteError::Changed("/f".into())).errno(), libc::ESTALE);
     }
 }
-
-impl fmt::Display for FsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FsError::NotFound => f.write_str("no such file or directory"),
-            FsError::NotDir => f.write_str("not a directory"),
-            FsError::IsDir => f.write_str("is a directory"),
-            FsError::ReadOnly => f.write_str("read-only file system"),
-            FsError::BadHandle => f.write_str("bad file handle"),
-            FsError::Stale => f.write_str("file changed on the server"),
-            FsError::Denied(m) => write!(f, "permission denied: {m}"),
-            FsError::Remote(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for FsError {}

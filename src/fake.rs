@@ -1,12 +1,12 @@
 //! An in-memory remote for unit tests: a tree of files, request counters, injected faults.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::error::RemoteError;
-use crate::remote::{EntryKind, Remote, RemoteEntry, Sink, Version};
+use crate::remote::{EntryKind, Intent, RangeReader, Remote, RemoteEntry, Sink, Version};
 
 #[derive(Default)]
 pub struct FakeRemote {
@@ -30,7 +30,7 @@ impl FakeRemote {
     }
 
     pub fn put(&self, path: &str, data: Vec<u8>) {
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_string(), data);
+        self.files.lock().insert(path.to_string(), data);
     }
 
     pub fn reads(&self) -> u64 {
@@ -56,13 +56,42 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 impl Remote for FakeRemote {
+    fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let dir = if dir.is_empty() { "/" } else { dir };
+        match self.list(dir) {
+            Ok(entries) => Ok(entries.into_iter().find(|e| e.name == name)),
+            Err(RemoteError::Unavailable(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open(
+        &self,
+        path: &str,
+        offset: u64,
+        version: Version,
+        _intent: Intent,
+    ) -> Result<Box<dyn RangeReader>, RemoteError> {
+        let mut data = Vec::new();
+        self.read_from(path, offset, version, &mut |chunk: &[u8]| {
+            data.extend_from_slice(chunk);
+            true
+        })?;
+        Ok(Box::new(FakeReader { data, at: 0, offset }))
+    }
+
+    fn parallelism(&self) -> usize {
+        4
+    }
+
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
         self.lists.fetch_add(1, Ordering::SeqCst);
         if self.fail_lists.load(Ordering::SeqCst) {
             return Err(RemoteError::Timeout(format!("listing {dir}")));
         }
         let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
-        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.files.lock();
         let mut out: Vec<RemoteEntry> = Vec::new();
         for (path, data) in files.iter() {
             let Some(rest) = path.strip_prefix(&prefix) else { continue };
@@ -78,6 +107,7 @@ impl Remote for FakeRemote {
                 kind,
                 size,
                 mtime: SystemTime::UNIX_EPOCH,
+                mtime_precision: 1,
                 perm: None,
                 link_target: None,
             });
@@ -91,13 +121,7 @@ impl Remote for FakeRemote {
     fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
         let size = version.size;
         self.reads.fetch_add(1, Ordering::SeqCst);
-        let data = self
-            .files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(path)
-            .cloned()
-            .ok_or_else(|| RemoteError::Unavailable(path.to_string()))?;
+        let data = self.files.lock().get(path).cloned().ok_or_else(|| RemoteError::Unavailable(path.to_string()))?;
         if data.len() as u64 != size {
             return Err(RemoteError::Changed(path.to_string()));
         }
@@ -107,10 +131,10 @@ impl Remote for FakeRemote {
         while pos < data.len() {
             let end = (pos + 64 * 1024).min(data.len());
             if limit > 0 && delivered >= limit {
-                self.log.lock().unwrap_or_else(|p| p.into_inner()).push((path.into(), offset, delivered));
+                self.log.lock().push((path.into(), offset, delivered));
                 return Err(RemoteError::Partial {
                     delivered,
-                    cause: Box::new(RemoteError::Connect(std::io::ErrorKind::ConnectionReset.into())),
+                    cause: Box::new(RemoteError::io(&std::io::ErrorKind::ConnectionReset.into(), "data connection")),
                 });
             }
             let chunk = &data[pos..end];
@@ -121,7 +145,29 @@ impl Remote for FakeRemote {
                 break;
             }
         }
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).push((path.into(), offset, delivered));
+        self.log.lock().push((path.into(), offset, delivered));
         Ok(delivered)
     }
+}
+
+/// TRANSITIONAL: the whole rest of the file, fetched at `open`.
+struct FakeReader {
+    data: Vec<u8>,
+    at: usize,
+    offset: u64,
+}
+
+impl RangeReader for FakeReader {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, RemoteError> {
+        let n = buf.len().min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+
+    fn position(&self) -> u64 {
+        self.offset + self.at as u64
+    }
+
+    fn close(self: Box<Self>) {}
 }

@@ -6,9 +6,11 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
 
 use crate::blocks::{BlockStore, Data, FileRef};
 use crate::cache::FileId;
@@ -74,10 +76,6 @@ pub struct MastFs {
     /// Versions (size, mtime) last opened per inode, to decide on keeping the page cache.
     opened_versions: Mutex<HashMap<u64, (u64, SystemTime)>>,
     next_fh: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MastFs {
@@ -146,7 +144,7 @@ impl MastFs {
     fn ensure_listing(&self, dir: u64) -> Result<(), FsError> {
         let fresh = |inodes: &Inodes| inodes.listing(dir).is_some_and(|l| l.fetched.elapsed() < self.config.ttl);
         {
-            let inodes = lock(&self.inodes);
+            let inodes = self.inodes.lock();
             match inodes.get(dir) {
                 None => return Err(FsError::NotFound),
                 Some(n) if n.kind != EntryKind::Dir => return Err(FsError::NotDir),
@@ -156,10 +154,10 @@ impl MastFs {
                 return Ok(());
             }
         }
-        let gate = Arc::clone(lock(&self.listing_locks).entry(dir).or_default());
-        let _listing = lock(&gate);
+        let gate = Arc::clone(self.listing_locks.lock().entry(dir).or_default());
+        let _listing = gate.lock();
         let path = {
-            let inodes = lock(&self.inodes);
+            let inodes = self.inodes.lock();
             if fresh(&inodes) {
                 return Ok(());
             }
@@ -170,11 +168,11 @@ impl MastFs {
         };
         match self.remote.list(&path) {
             Ok(entries) => {
-                lock(&self.inodes).store_listing(dir, entries);
+                self.inodes.lock().store_listing(dir, entries);
                 Ok(())
             }
             Err(e) => {
-                if lock(&self.inodes).listing(dir).is_some() {
+                if self.inodes.lock().listing(dir).is_some() {
                     log::warn!("listing {path:?} failed ({e}); serving the cached listing");
                     Ok(())
                 } else {
@@ -193,7 +191,7 @@ impl MastFs {
             return Ok(self.stats_attr());
         }
         self.ensure_listing(parent)?;
-        let inodes = lock(&self.inodes);
+        let inodes = self.inodes.lock();
         let ino = inodes.child(parent, name).ok_or(FsError::NotFound)?;
         let node = inodes.get(ino).ok_or(FsError::NotFound)?;
         Ok(self.attr_of(ino, node))
@@ -203,7 +201,7 @@ impl MastFs {
         if ino == STATS_INO {
             return Ok(self.stats_attr());
         }
-        let inodes = lock(&self.inodes);
+        let inodes = self.inodes.lock();
         let node = inodes.get(ino).ok_or(FsError::NotFound)?;
         Ok(self.attr_of(ino, node))
     }
@@ -211,7 +209,7 @@ impl MastFs {
     /// All entries of a directory, `.` and `..` first.
     pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         self.ensure_listing(ino)?;
-        let inodes = lock(&self.inodes);
+        let inodes = self.inodes.lock();
         let node = inodes.get(ino).ok_or(FsError::NotFound)?;
         let parent = node.parent;
         let mut out = vec![DirEntry { name: ".".into(), attr: self.attr_of(ino, node) }];
@@ -229,13 +227,13 @@ impl MastFs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        let inodes = lock(&self.inodes);
+        let inodes = self.inodes.lock();
         let node = inodes.get(ino).ok_or(FsError::NotFound)?;
         match (&node.kind, &node.link_target) {
             (EntryKind::Symlink, Some(t)) => Ok(t.as_bytes().to_vec()),
             // The listing did not say where it points (MLSD does not); nothing to show.
             (EntryKind::Symlink, None) => Err(FsError::NotFound),
-            _ => Err(FsError::Remote(crate::error::RemoteError::Protocol("not a symlink".into()))),
+            _ => Err(FsError::NotSymlink),
         }
     }
 
@@ -246,7 +244,7 @@ impl MastFs {
         let file = if ino == STATS_INO {
             None
         } else {
-            let inodes = lock(&self.inodes);
+            let inodes = self.inodes.lock();
             let node = inodes.get(ino).ok_or(FsError::NotFound)?;
             match node.kind {
                 EntryKind::Dir => return Err(FsError::IsDir),
@@ -264,9 +262,9 @@ impl MastFs {
             Err(e) => -(e.duration().as_secs() as i64),
         };
         let id = FileId { server: self.config.server.clone(), user: self.config.user.clone(), path, size, mtime: secs };
-        let keep_cache = lock(&self.opened_versions).insert(ino, (size, mtime)) == Some((size, mtime));
+        let keep_cache = self.opened_versions.lock().insert(ino, (size, mtime)) == Some((size, mtime));
         let handle = Handle { file: FileRef::new(id), readahead: Mutex::new(Readahead::default()) };
-        lock(&self.handles).insert(fh, Arc::new(handle));
+        self.handles.lock().insert(fh, Arc::new(handle));
         Ok(Opened { fh, keep_cache })
     }
 
@@ -277,10 +275,10 @@ impl MastFs {
             let end = start.saturating_add(size as usize).min(text.len());
             return Ok(Data::Owned(text[start..end].to_vec()));
         }
-        let handle = lock(&self.handles).get(&fh).cloned().ok_or(FsError::BadHandle)?;
+        let handle = self.handles.lock().get(&fh).cloned().ok_or(FsError::BadHandle)?;
         let plan = {
             let cfg = self.store.config();
-            lock(&handle.readahead).on_read(
+            handle.readahead.lock().on_read(
                 offset,
                 u64::from(size),
                 handle.file.size(),
@@ -299,7 +297,7 @@ impl MastFs {
     }
 
     pub fn release(&self, fh: u64) {
-        lock(&self.handles).remove(&fh);
+        self.handles.lock().remove(&fh);
     }
 }
 

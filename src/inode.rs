@@ -123,7 +123,15 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, kind: EntryKind, size: u64) -> RemoteEntry {
-        RemoteEntry { name: name.into(), kind, size, mtime: SystemTime::UNIX_EPOCH, perm: None, link_target: None }
+        RemoteEntry {
+            name: name.into(),
+            kind,
+            size,
+            mtime: SystemTime::UNIX_EPOCH,
+            mtime_precision: 1,
+            perm: None,
+            link_target: None,
+        }
     }
 
     #[test]

@@ -1,19 +1,22 @@
 //! mastfs: a read-only FUSE view of an FTPS archive, with a persistent block cache.
 
-pub mod blocks;
-pub mod cache;
-pub mod cli;
-pub mod config;
-pub mod credentials;
-pub mod error;
+mod app;
+mod blocks;
+mod cache;
+mod cli;
+mod config;
+mod credentials;
+mod error;
 #[cfg(test)]
-pub mod fake;
-pub mod fs;
-pub mod ftp;
-pub mod fuse;
-pub mod inode;
-pub mod listing;
-pub mod mount;
-pub mod readahead;
-pub mod remote;
-pub mod stats;
+mod fake;
+mod fs;
+mod ftp;
+mod fuse;
+mod inode;
+mod listing;
+mod mount;
+mod readahead;
+mod remote;
+mod stats;
+
+pub use app::main;

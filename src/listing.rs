@@ -57,11 +57,6 @@ impl ParseError {
     fn new(reason: impl Into<String>, line: &str) -> Self {
         ParseError { reason: reason.into(), excerpt: excerpt(line) }
     }
-
-    /// What was wrong, without the quoted line.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
 }
 
 impl fmt::Display for ParseError {
@@ -248,6 +243,7 @@ pub fn parse_mlsd_line(line: &str) -> Result<Option<RemoteEntry>, ParseError> {
         kind,
         size,
         mtime: mtime.unwrap_or(UNIX_EPOCH),
+        mtime_precision: 1,
         perm,
         link_target: link_target.filter(|t| !t.is_empty()),
     }))
@@ -391,7 +387,7 @@ fn parse_unix_line(line: &str, now: SystemTime) -> Result<Option<RemoteEntry>, P
         }
         let size = parse_size(size, line)?;
         let day: u32 = day.parse().map_err(|_| ParseError::new("bad day", line))?;
-        let mtime = unix_list_time(month, day, time, now, line)?;
+        let (mtime, mtime_precision) = unix_list_time(month, day, time, now, line)?;
         let after_date = &line[time_at + time.len()..];
         let Some(name) = after_date.strip_prefix(' ') else {
             return Err(ParseError::new("no name after the date", line));
@@ -409,6 +405,7 @@ fn parse_unix_line(line: &str, now: SystemTime) -> Result<Option<RemoteEntry>, P
             kind,
             size,
             mtime,
+            mtime_precision,
             perm,
             link_target: link_target.filter(|t| !t.is_empty()),
         }));
@@ -469,16 +466,26 @@ fn parse_clock(token: &str) -> Option<(u32, u32, u32)> {
     Some((hour, minute, second))
 }
 
-fn unix_list_time(month: u32, day: u32, time: &str, now: SystemTime, line: &str) -> Result<SystemTime, ParseError> {
-    let secs = if is_digits(time) {
+/// The time of a LIST line and how precise it is in seconds: a day for a date with a year,
+/// a minute for a time of day (a second if the server printed seconds).
+fn unix_list_time(
+    month: u32,
+    day: u32,
+    time: &str,
+    now: SystemTime,
+    line: &str,
+) -> Result<(SystemTime, u32), ParseError> {
+    let (secs, precision) = if is_digits(time) {
         let year = time.parse::<i64>().map_err(|_| ParseError::new("year out of range", line))?;
         let civil = Civil { year, month, day, hour: 0, minute: 0, second: 0 };
-        civil.to_unix_secs().map_err(|why| ParseError::new(why, line))?
+        (civil.to_unix_secs().map_err(|why| ParseError::new(why, line))?, 86_400)
     } else {
         let (hour, minute, second) = parse_clock(time).ok_or_else(|| ParseError::new("bad time", line))?;
-        place_yearless(month, day, hour, minute, second, now).map_err(|why| ParseError::new(why, line))?
+        let precision = if time.matches(':').count() == 2 { 1 } else { 60 };
+        (place_yearless(month, day, hour, minute, second, now).map_err(|why| ParseError::new(why, line))?, precision)
     };
-    to_system_time(secs, 0).ok_or_else(|| ParseError::new("date out of range", line))
+    let mtime = to_system_time(secs, 0).ok_or_else(|| ParseError::new("date out of range", line))?;
+    Ok((mtime, precision))
 }
 
 /// `ls` leaves the year out for dates in the last six months, so take the latest year that
@@ -567,7 +574,8 @@ fn parse_dos_line(line: &str) -> Result<Option<RemoteEntry>, ParseError> {
         return Ok(None);
     }
     check_name(name, line)?;
-    Ok(Some(RemoteEntry { name: name.to_owned(), kind, size, mtime, perm: None, link_target: None }))
+    let mtime_precision = if time.matches(':').count() == 2 { 1 } else { 60 };
+    Ok(Some(RemoteEntry { name: name.to_owned(), kind, size, mtime, mtime_precision, perm: None, link_target: None }))
 }
 
 /// `MM-DD-YY`, `MM-DD-YYYY` or `YYYY-MM-DD` → (year, month, day), unchecked ranges.
@@ -935,6 +943,7 @@ mod tests {
                 kind: EntryKind::File,
                 size: 2880,
                 mtime: utc(2026, 11, 25, 13, 38, 24),
+                mtime_precision: 1,
                 perm: Some(0o644),
                 link_target: None,
             }
@@ -1080,7 +1089,7 @@ mod tests {
     fn mlsd_largest_size_is_accepted_and_one_more_is_an_error() {
         assert_eq!(mlsd("type=file;size=18446744073709551615; f").size, u64::MAX);
         let error = mlsd_err("type=file;size=18446744073709551616; f");
-        assert!(error.reason().contains("64 bits"), "{error}");
+        assert!(error.to_string().contains("64 bits"), "{error}");
     }
 
     #[test]
@@ -1154,6 +1163,7 @@ mod tests {
                 kind: EntryKind::File,
                 size: 2880,
                 mtime: utc(2026, 11, 25, 13, 38, 0),
+                mtime_precision: 60,
                 perm: Some(0o644),
                 link_target: None,
             }
@@ -1352,7 +1362,7 @@ mod tests {
     #[test]
     fn list_size_beyond_u64_is_an_error() {
         let error = list_err("-rw-r--r--   1 ftp ftp 18446744073709551616 Nov 23 19:37 f");
-        assert!(error.reason().contains("64 bits"), "{error}");
+        assert!(error.to_string().contains("64 bits"), "{error}");
         assert_eq!(list("-rw-r--r--   1 ftp ftp 18446744073709551615 Nov 23 19:37 f").size, u64::MAX);
     }
 
@@ -1390,6 +1400,7 @@ mod tests {
                 kind: EntryKind::Dir,
                 size: 0,
                 mtime: utc(2026, 11, 23, 19, 37, 0),
+                mtime_precision: 60,
                 perm: None,
                 link_target: None,
             }

@@ -200,7 +200,7 @@ fn explain(e: &crate::error::RemoteError, host: &str, port: u16) -> String {
             format!("TLS certificate of {host} not trusted: {m} (use --ca-file for a private CA)")
         }
         R::Tls(m) => format!("TLS with {host}:{port} failed: {m}"),
-        R::Connect(io) => format!("cannot reach {host}:{port}: {io}"),
+        R::Connect { message, .. } => format!("cannot reach {host}:{port}: {message}"),
         R::Timeout(m) => format!("{host}:{port} did not answer in time ({m})"),
         R::Unavailable(m) => format!("remote root not accessible: {m} (check --root)"),
         other => format!("{host}:{port}: {other}"),

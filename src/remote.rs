@@ -1,7 +1,13 @@
 //! The seam between the file system and the FTPS server.
 //!
-//! Everything above this trait (inode table, block cache, read-ahead) is testable with an
-//! in-memory fake; everything below it speaks FTP. No suppaftp type crosses it.
+//! Everything above this trait (inode table, block cache, fetch scheduling) is testable with
+//! an in-memory fake; everything below it speaks FTP. No suppaftp or rustls type crosses it.
+//!
+//! A read is pulled, not pushed: `open` starts a ranged transfer (`REST offset` + `RETR`) and
+//! hands back a `RangeReader` that fills the caller's own buffers, so fetched bytes land in the
+//! block they belong to without another copy, and the caller decides when a transfer has
+//! delivered enough. FTP has no end offset: a reader closed before the end of the file is an
+//! early close, which the transport turns back into a usable connection (or drops it).
 
 use std::time::SystemTime;
 
@@ -15,7 +21,7 @@ pub enum EntryKind {
     Symlink,
 }
 
-/// One entry of a remote directory listing.
+/// One entry of a remote directory listing, or the answer to a `stat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteEntry {
     /// A single path component: never empty, `.`, `..`, and never contains `/`, NUL, CR or LF.
@@ -23,6 +29,11 @@ pub struct RemoteEntry {
     pub kind: EntryKind,
     pub size: u64,
     pub mtime: SystemTime,
+    /// How precise `mtime` is, in seconds: 1 for MLSD, MLST and MDTM; 60 for a LIST line
+    /// with a time of day; 86,400 for a LIST line with a year. The same file seen through
+    /// `stat` (MDTM) and through a listing (LIST) must keep one identity, so a coarser time
+    /// that agrees with a finer one never replaces it.
+    pub mtime_precision: u32,
     /// Permission bits (`0o7777` at most) when the listing gave them.
     pub perm: Option<u32>,
     /// Target of a symlink, when the listing gave it (`name -> target`).
@@ -37,18 +48,67 @@ pub struct Version {
     pub mtime: i64,
 }
 
-/// Receives the bytes of a ranged read in order; returns `false` to stop the transfer early.
-pub type Sink<'a> = dyn FnMut(&[u8]) -> bool + 'a;
+// TRANSITIONAL (base branch): nothing calls the pull-style API yet; the issue 7 read path
+// and the issue 8 lookups do, and remove these allows.
+/// What a ranged read is for. The transport sizes its socket buffers from it, so that bytes
+/// the reader will not use do not cross the link before an early close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum Intent {
+    /// A random read: about `len` bytes from the offset are wanted now. The caller may keep
+    /// reading if its reads turn sequential, but expects to close early.
+    Peek { len: u64 },
+    /// A sequential run up to byte `end` (exclusive): a stripe's end, or the file's size.
+    Run { end: u64 },
+}
+
+/// One ranged transfer in progress. Dropping it ends the transfer like `close`.
+#[allow(dead_code)]
+pub trait RangeReader: Send {
+    /// Reads the next bytes of the file into `buf`. `Ok(0)` only at the end of the file (a
+    /// transfer that ends before the version's size is an error, never a short file). After
+    /// an error the reader is dead; `position` says how far it got.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, RemoteError>;
+
+    /// Offset in the file of the next byte `read` returns.
+    fn position(&self) -> u64;
+
+    /// Ends the transfer. Before the end of the file this is an early close: the connection
+    /// returns to the pool only once it is proven to be in step with the server.
+    fn close(self: Box<Self>);
+}
 
 /// A remote tree of files, addressed by absolute `/`-separated paths.
+#[allow(dead_code)]
 pub trait Remote: Send + Sync + 'static {
     /// Lists a directory. Entries that cannot be represented are already dropped.
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError>;
 
-    /// Streams the bytes of `path` from `offset` into `sink` until `sink` returns `false` or
-    /// the file ends. Returns the number of bytes delivered. A server whose file is not
-    /// `version` (another size or time) fails with `RemoteError::Changed` before any byte
-    /// reaches the sink. A transfer that breaks after delivering some bytes returns
-    /// `RemoteError::Partial` with the count.
+    /// One path's entry without listing its parent (`MLST` where the server has it,
+    /// otherwise `SIZE`, `MDTM` and `CWD`). `Ok(None)`: the path does not exist (or the
+    /// server will not say). The entry's `name` is the last component of `path`.
+    fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError>;
+
+    /// Starts a ranged read of `path` at `offset`. A server whose file is not `version`
+    /// (another size, or another time where the server tells it) fails with
+    /// `RemoteError::Changed` before any byte is returned.
+    fn open(
+        &self,
+        path: &str,
+        offset: u64,
+        version: Version,
+        intent: Intent,
+    ) -> Result<Box<dyn RangeReader>, RemoteError>;
+
+    /// How many transfers may run at once now: the connection limit, lowered after the
+    /// server refused a connection.
+    fn parallelism(&self) -> usize;
+
+    /// TRANSITIONAL (base branch only; the read-path rewrite of issue 7 removes it): streams
+    /// the bytes of `path` from `offset` into `sink` until it returns `false` or the file ends,
+    /// resuming a broken transfer at the exact byte. Kept so the old block store still runs.
     fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError>;
 }
+
+/// TRANSITIONAL: receives the bytes of `read_from` in order; returns `false` to stop early.
+pub type Sink<'a> = dyn FnMut(&[u8]) -> bool + 'a;

@@ -17,7 +17,7 @@ use super::tls::{TimeoutConnector, per_connection};
 use super::watchdog::{Armed, arm};
 use crate::error::RemoteError;
 use crate::listing::parse_mlsd_line;
-use crate::remote::{Sink, Version};
+use crate::remote::{EntryKind, RemoteEntry, Sink, Version};
 
 /// Where and how to log in.
 #[derive(Clone)]
@@ -66,7 +66,7 @@ impl Conn {
     pub fn open(ep: &Endpoint, tls: &ClientConfig) -> Result<Conn, RemoteError> {
         let addr = resolve(&ep.host, ep.port)?;
         let config = per_connection(tls);
-        let login_guard = Arc::new(std::sync::Mutex::new(None));
+        let login_guard = Arc::new(parking_lot::Mutex::new(None));
         let connector = TimeoutConnector::new(config, ep.timeout).guard_first(Arc::clone(&login_guard), ep.timeout * 2);
         let mut ftp = if ep.implicit {
             // suppaftp's implicit connect has no connect timeout of its own; a timed probe
@@ -77,7 +77,7 @@ impl Conn {
         } else {
             let tcp = connect_tcp(addr, ep.timeout)?;
             // Greeting, AUTH TLS, login: bounded as a whole, not only per read.
-            *lock_guard(&login_guard) = arm(&tcp, ep.timeout * 2);
+            *login_guard.lock() = arm(&tcp, ep.timeout * 2);
             let plain = RustlsFtpStream::connect_with_stream(tcp).map_err(|e| classify(e, "greeting"))?;
             plain.into_secure(connector, &ep.host).map_err(|e| classify_tls_setup(e, "AUTH TLS / PROT P"))?
         };
@@ -101,7 +101,7 @@ impl Conn {
             Err(_) => false,
         };
         let now = Instant::now();
-        drop(lock_guard(&login_guard).take());
+        drop(login_guard.lock().take());
         Ok(Conn { ftp, timeout: ep.timeout, announces_size: false, mlsd, last_used: now, last_contact: now })
     }
 
@@ -275,6 +275,63 @@ impl Conn {
         matches!(self.ftp.custom_command("NOOP", &[Status::CommandOk]), Ok(r) if r.status == Status::CommandOk)
     }
 
+    #[allow(dead_code)] // TRANSITIONAL: used once lookups stop listing parents (issue 7.4)
+    /// One path's entry without listing its parent: `MLST`, or `SIZE` + `MDTM` (a file) and
+    /// `CWD` (a directory) on servers without it. `None` when the server knows no such path.
+    pub fn stat(&mut self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
+        let _exchange = self.deadline();
+        let name = path.rsplit('/').next().unwrap_or(path).to_string();
+        let missing = |e: FtpError| match classify(e, "stat") {
+            RemoteError::Unavailable(_) => Ok(None),
+            other => Err(other),
+        };
+        if self.mlsd {
+            let facts = match self.ftp.mlst(Some(path)) {
+                Ok(f) => f,
+                Err(e) => return missing(e),
+            };
+            // The MLST line names the path after the facts; only the facts matter here.
+            let facts = facts.trim_start().split_once("; ").map_or(facts.as_str(), |(f, _)| f);
+            let entry = parse_mlsd_line(&format!("{facts}; {name}"))
+                .map_err(|e| RemoteError::Protocol(format!("MLST {path}: {e}")))?;
+            return Ok(entry);
+        }
+        match self.ftp.size(path) {
+            Ok(size) => {
+                let reply = self
+                    .ftp
+                    .custom_command(format!("MDTM {path}"), &[Status::File])
+                    .map_err(|e| classify(e, "MDTM"))?;
+                let mtime = parse_mdtm(&reply_text(&reply))
+                    .ok_or_else(|| RemoteError::Protocol(format!("MDTM {path}: {}", reply_text(&reply))))?;
+                Ok(Some(RemoteEntry {
+                    name,
+                    kind: EntryKind::File,
+                    size: size as u64,
+                    mtime,
+                    mtime_precision: 1,
+                    perm: None,
+                    link_target: None,
+                }))
+            }
+            Err(e) => {
+                missing(e)?;
+                match self.ftp.cwd(path) {
+                    Ok(()) => Ok(Some(RemoteEntry {
+                        name,
+                        kind: EntryKind::Dir,
+                        size: 0,
+                        mtime: std::time::UNIX_EPOCH,
+                        mtime_precision: 1,
+                        perm: None,
+                        link_target: None,
+                    })),
+                    Err(e) => missing(e),
+                }
+            }
+        }
+    }
+
     /// Keep-alive probe for an idle pooled connection.
     pub fn noop(&mut self) -> bool {
         self.last_contact = Instant::now();
@@ -323,6 +380,15 @@ impl<R: Read> Read for Paced<R> {
     }
 }
 
+#[allow(dead_code)] // TRANSITIONAL, see Conn::stat
+/// The time in an `MDTM` reply (`213 YYYYMMDDHHMMSS[.sss]`, UTC).
+fn parse_mdtm(reply: &str) -> Option<std::time::SystemTime> {
+    let stamp = reply.split_whitespace().nth(1)?;
+    let digits = stamp.split('.').next()?;
+    let line = format!("modify={digits}; x");
+    parse_mlsd_line(&line).ok().flatten().map(|e| e.mtime)
+}
+
 /// The size in a `150 ... (N bytes)` reply, as vsftpd and ProFTPD send it.
 fn announced_size(reply: &str) -> Option<u64> {
     let open = reply.rfind('(')?;
@@ -363,18 +429,18 @@ fn read_lines(reader: &mut impl Read, lines: &mut Vec<String>) -> io::Result<u64
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, RemoteError> {
     (host, port)
         .to_socket_addrs()
-        .map_err(|e| RemoteError::Connect(io::Error::new(e.kind(), format!("cannot resolve {host}: {e}"))))?
+        .map_err(|e| RemoteError::io(&e, &format!("cannot resolve {host}")))?
         .next()
-        .ok_or_else(|| RemoteError::Connect(io::Error::new(io::ErrorKind::NotFound, format!("no address for {host}"))))
+        .ok_or_else(|| RemoteError::io(&io::ErrorKind::NotFound.into(), &format!("no address for {host}")))
 }
 
 fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, RemoteError> {
     let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => RemoteError::Timeout(format!("connecting to {addr}")),
-        _ => RemoteError::Connect(io::Error::new(e.kind(), format!("{addr}: {e}"))),
+        _ => RemoteError::io(&e, &addr.to_string()),
     })?;
-    tcp.set_read_timeout(Some(timeout)).map_err(RemoteError::Connect)?;
-    tcp.set_write_timeout(Some(timeout)).map_err(RemoteError::Connect)?;
+    tcp.set_read_timeout(Some(timeout)).map_err(|e| RemoteError::io(&e, "socket setup"))?;
+    tcp.set_write_timeout(Some(timeout)).map_err(|e| RemoteError::io(&e, "socket setup"))?;
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
 }
@@ -390,10 +456,6 @@ fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     }
     let _ = socket.set_tcp_nodelay(true);
     Ok(socket.into())
-}
-
-fn lock_guard<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unix_secs(t: std::time::SystemTime) -> i64 {
@@ -417,10 +479,7 @@ fn io_error(e: io::Error, what: &str) -> RemoteError {
     if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         return RemoteError::Tls(format!("{what}: {tls}"));
     }
-    match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => RemoteError::Timeout(what.to_string()),
-        _ => RemoteError::Connect(io::Error::new(e.kind(), format!("{what}: {e}"))),
-    }
+    RemoteError::io(&e, what)
 }
 
 /// Sorts a suppaftp error into the kinds the rest of mastfs acts on.
@@ -460,9 +519,6 @@ fn looks_like_too_many(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("too many") || t.contains("no more") || t.contains("maximum number")
 }
-
-/// Shared handle to a TLS template used by the pool.
-pub type TlsTemplate = Arc<ClientConfig>;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::RemoteError;
 use crate::listing::{self, Dialect};
-use crate::remote::{Remote, RemoteEntry, Sink, Version};
+use crate::remote::{Intent, RangeReader, Remote, RemoteEntry, Sink, Version};
 use crate::stats::Stats;
 
 pub use conn::Endpoint;
@@ -58,6 +58,50 @@ impl FtpsRemote {
 }
 
 impl Remote for FtpsRemote {
+    fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
+        let mut lease = self.pool.get()?;
+        let result = lease.with(|c| c.stat(path));
+        if let Err(e) = &result
+            && !matches!(e, RemoteError::Unavailable(_))
+        {
+            lease.discard();
+        }
+        result
+    }
+
+    fn parallelism(&self) -> usize {
+        self.pool.limit()
+    }
+
+    /// TRANSITIONAL (base branch): runs the push-style `read_from` on a thread and hands its
+    /// chunks over a small channel; the issue 7 rewrite replaces this with a reader on the
+    /// data connection itself.
+    fn open(
+        &self,
+        path: &str,
+        offset: u64,
+        version: Version,
+        _intent: Intent,
+    ) -> Result<Box<dyn RangeReader>, RemoteError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, RemoteError>>(4);
+        let remote = FtpsRemote { pool: Arc::clone(&self.pool), stats: Arc::clone(&self.stats) };
+        let path = path.to_string();
+        std::thread::Builder::new()
+            .name("mastfs-transfer".into())
+            .spawn(move || {
+                let mut sink = |chunk: &[u8]| tx.send(Ok(chunk.to_vec())).is_ok();
+                let result = remote.read_from(&path, offset, version, &mut sink);
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
+                } else {
+                    let _ = tx.send(Ok(Vec::new()));
+                }
+            })
+            .map_err(|e| RemoteError::io(&e, "starting a transfer thread"))?;
+        let first = rx.recv().map_err(|_| RemoteError::Protocol("transfer thread ended".into()))??;
+        Ok(Box::new(ChannelReader { rx: Some(rx), pending: first, at: 0, position: offset, done: false }))
+    }
+
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
         let deadline = Instant::now() + self.pool.timeout() * 2;
         let mut attempt = 0;
@@ -146,5 +190,43 @@ impl Remote for FtpsRemote {
                 }
             }
         }
+    }
+}
+
+/// TRANSITIONAL: the reading end of `FtpsRemote::open`'s channel.
+#[allow(dead_code)]
+struct ChannelReader {
+    rx: Option<std::sync::mpsc::Receiver<Result<Vec<u8>, RemoteError>>>,
+    pending: Vec<u8>,
+    at: usize,
+    position: u64,
+    done: bool,
+}
+
+impl RangeReader for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, RemoteError> {
+        while self.at >= self.pending.len() {
+            if self.done {
+                return Ok(0);
+            }
+            let rx = self.rx.as_ref().ok_or_else(|| RemoteError::Protocol("reader closed".into()))?;
+            let next = rx.recv().map_err(|_| RemoteError::Protocol("transfer thread ended".into()))??;
+            self.done = next.is_empty();
+            self.pending = next;
+            self.at = 0;
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        self.position += n as u64;
+        Ok(n)
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn close(mut self: Box<Self>) {
+        self.rx.take();
     }
 }

@@ -5,9 +5,10 @@
 //! when the server answers 421 (too many connections) and creeps back up later, as lftp does,
 //! because MAST's per-user limit is not published.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use rustls::ClientConfig;
 
 use super::conn::{Conn, Endpoint};
@@ -61,8 +62,13 @@ impl Pool {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere while holding the lock must not wedge every later request.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
+    }
+
+    /// The current connection limit (lowered after a 421).
+    #[allow(dead_code)] // TRANSITIONAL: read by the issue 7 fetch scheduler
+    pub fn limit(&self) -> usize {
+        self.lock().limit
     }
 
     pub fn timeout(&self) -> Duration {
@@ -105,7 +111,7 @@ impl Pool {
             if now >= deadline {
                 return Err(RemoteError::Timeout("waiting for a free server connection".into()));
             }
-            st = self.freed.wait_timeout(st, deadline - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            self.freed.wait_for(&mut st, deadline - now);
         }
     }
 

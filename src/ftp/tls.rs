@@ -96,7 +96,7 @@ pub struct TimeoutConnector {
 }
 
 /// The login's deadline, disarmed by the caller once logged in.
-pub type LoginGuard = Arc<std::sync::Mutex<Option<super::watchdog::Armed>>>;
+pub type LoginGuard = Arc<parking_lot::Mutex<Option<super::watchdog::Armed>>>;
 
 impl std::fmt::Debug for TimeoutConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,7 +128,7 @@ impl TlsConnector for TimeoutConnector {
         if let Some((guard, limit)) = &self.first
             && !self.first_seen.swap(true, std::sync::atomic::Ordering::SeqCst)
         {
-            let mut slot = guard.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = guard.lock();
             if slot.is_none() {
                 *slot = super::watchdog::arm(&stream, *limit);
             }

@@ -6,8 +6,10 @@
 //! an error that the caller already treats as a dead connection.
 
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
 
 struct Entry {
     id: u64,
@@ -40,7 +42,7 @@ fn shared() -> &'static Arc<Shared> {
 }
 
 fn watch(shared: &Shared) {
-    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut st = shared.state.lock();
     loop {
         let now = Instant::now();
         st.entries.retain(|e| {
@@ -53,7 +55,7 @@ fn watch(shared: &Shared) {
             }
         });
         let wait = st.entries.iter().map(|e| e.deadline - now).min().unwrap_or(Duration::from_secs(3600));
-        st = shared.changed.wait_timeout(st, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        shared.changed.wait_for(&mut st, wait);
     }
 }
 
@@ -67,7 +69,7 @@ pub struct Armed {
 pub fn arm(socket: &TcpStream, limit: Duration) -> Option<Armed> {
     let socket = socket.try_clone().ok()?;
     let shared = shared();
-    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut st = shared.state.lock();
     st.next_id += 1;
     let id = st.next_id;
     st.entries.push(Entry { id, deadline: Instant::now() + limit, socket });
@@ -78,7 +80,7 @@ pub fn arm(socket: &TcpStream, limit: Duration) -> Option<Armed> {
 impl Drop for Armed {
     fn drop(&mut self) {
         let shared = shared();
-        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = shared.state.lock();
         st.entries.retain(|e| e.id != self.id);
     }
 }
