@@ -28,6 +28,9 @@ const PASSWORD_ENV: &str = "MASTFS_TEST_FTP_PASSWORD";
 pub const TEST_USER: &str = "mastfs-test";
 pub const TEST_PASSWORD: &str = "s3cret pass;word";
 
+/// How the synthetic over-long names of [`ServerBuilder::overlong_name`] begins.
+pub const OVERLONG_NAME_PREFIX: &str = "overlong-";
+
 /// `CI=true`: the real-server and FUSE tests must run, and fail if they cannot.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -201,6 +204,7 @@ pub struct ServerBuilder {
     user: Option<(String, String)>,
     tls_max_12: bool,
     pasv_range: Option<(u16, u16)>,
+    overlong_name: bool,
 }
 
 impl ServerBuilder {
@@ -257,6 +261,14 @@ impl ServerBuilder {
         self
     }
 
+    /// pyftpdlib only: every listing also shows two files whose names start with
+    /// [`OVERLONG_NAME_PREFIX`] and are 300 and 5000 bytes long, longer than any real file
+    /// system allows (255) and than a FUSE directory entry may be (1024 or 4095).
+    pub fn overlong_name(mut self) -> Self {
+        self.overlong_name = true;
+        self
+    }
+
     /// Start the server; panics (with the server's stderr) if it does not come up.
     pub fn start(self) -> Server {
         let scratch = tempfile::Builder::new()
@@ -301,6 +313,9 @@ impl ServerBuilder {
         }
         if let Some((min, max)) = self.pasv_range {
             cmd.args(["--pasv-range", &format!("{min}-{max}")]);
+        }
+        if self.overlong_name {
+            cmd.arg("--overlong-name");
         }
         // stdin stays open while the Server lives: if the test process dies
         // without running Drop, the script sees EOF and stops its server.
@@ -427,6 +442,7 @@ impl Server {
             user: None,
             tls_max_12: false,
             pasv_range: None,
+            overlong_name: false,
         }
     }
 
