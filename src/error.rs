@@ -79,6 +79,9 @@ pub enum FsError {
     BadHandle,
     #[error("not a symbolic link")]
     NotSymlink,
+    /// A name no listing can show (longer than `NAME_MAX`), so none is looked up either.
+    #[error("file name too long")]
+    NameTooLong,
     #[error(transparent)]
     Remote(#[from] RemoteError),
 }
@@ -93,6 +96,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
             FsError::NotSymlink => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Remote(RemoteError::Unavailable(_)) => libc::EACCES,
             FsError::Remote(RemoteError::Changed(_)) => libc::ESTALE,
             FsError::Remote(RemoteError::Partial { cause, .. }) => FsError::Remote((**cause).clone()).errno(),

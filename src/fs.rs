@@ -17,7 +17,7 @@ use crate::cache::FileId;
 use crate::error::FsError;
 use crate::inode::{Inodes, Node, ROOT};
 use crate::readahead::Readahead;
-use crate::remote::{EntryKind, Remote};
+use crate::remote::{EntryKind, NAME_MAX, Remote};
 use crate::stats::Stats;
 
 /// A read-only view of a file that lives only in the mount: the live counters.
@@ -186,6 +186,10 @@ impl MastFs {
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        // Some kernels pass names up to 1024 or 4095 bytes; listings never show one that long.
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
         let name = std::str::from_utf8(name.as_bytes()).map_err(|_| FsError::NotFound)?;
         if parent == ROOT && name == STATS_NAME {
             return Ok(self.stats_attr());
@@ -347,6 +351,15 @@ mod tests {
         assert_eq!(names, [".", "..", "a", "sub"]);
         let a = entries.iter().find(|e| e.name == "a").expect("a");
         assert_eq!((a.attr.kind, a.attr.size), (EntryKind::File, 10));
+    }
+
+    #[test]
+    fn a_lookup_of_a_name_longer_than_name_max_is_enametoolong_without_asking_the_server() {
+        let remote = Arc::new(FakeRemote::with_file("/f", vec![1]));
+        let fs = mount(&remote, Duration::from_secs(60));
+        let err = fs.lookup(ROOT, name(&"n".repeat(256))).err().map(|e| e.errno());
+        assert_eq!(err, Some(libc::ENAMETOOLONG));
+        assert_eq!(remote.lists.load(Ordering::SeqCst), 0);
     }
 
     #[test]

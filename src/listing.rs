@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::remote::{EntryKind, RemoteEntry};
+use crate::remote::{EntryKind, NAME_MAX, RemoteEntry, TARGET_MAX};
 
 /// Lines longer than this are skipped by [`parse_listing`]: no real entry needs one, and a
 /// hostile server should not get unbounded work out of us.
@@ -153,6 +153,26 @@ fn check_name(name: &str, line: &str) -> Result<(), ParseError> {
     if let Some(bad) = name.chars().find(|c| matches!(c, '/' | '\0' | '\r' | '\n')) {
         return Err(ParseError::new(format!("name contains {bad:?}, which a path component cannot"), line));
     }
+    if name.len() > NAME_MAX {
+        let reason = format!("name {:?} is {} bytes, longer than NAME_MAX ({NAME_MAX})", excerpt(name), name.len());
+        return Err(ParseError::new(reason, line));
+    }
+    Ok(())
+}
+
+/// Enforces [`RemoteEntry::link_target`]'s invariant: `readlink` could not return the target
+/// whole (or would cut it at the NUL), so such a link could only mislead.
+fn check_target(target: Option<&str>, line: &str) -> Result<(), ParseError> {
+    let Some(target) = target else { return Ok(()) };
+    if target.contains('\0') {
+        return Err(ParseError::new("symlink target contains '\\0'", line));
+    }
+    if target.len() > TARGET_MAX {
+        return Err(ParseError::new(
+            format!("symlink target is {} bytes, longer than PATH_MAX allows ({TARGET_MAX})", target.len()),
+            line,
+        ));
+    }
     Ok(())
 }
 
@@ -233,6 +253,7 @@ pub fn parse_mlsd_line(line: &str) -> Result<Option<RemoteEntry>, ParseError> {
         return Ok(None);
     }
     check_name(name, line)?;
+    check_target(link_target.as_deref(), line)?;
     let size = match kind {
         EntryKind::Dir => sizd.or(size),
         EntryKind::File | EntryKind::Symlink => size.or(sizd),
@@ -400,6 +421,7 @@ fn parse_unix_line(line: &str, now: SystemTime) -> Result<Option<RemoteEntry>, P
             return Ok(None);
         }
         check_name(name, line)?;
+        check_target(link_target.as_deref(), line)?;
         return Ok(Some(RemoteEntry {
             name: name.to_owned(),
             kind,
@@ -870,6 +892,7 @@ mod tests {
         assert!(!name.is_empty(), "empty name");
         assert!(name != "." && name != "..", "dot entry {name:?}");
         assert!(!name.contains(['/', '\0', '\r', '\n']), "forbidden character in {name:?}");
+        assert!(name.len() <= NAME_MAX, "{} bytes: longer than NAME_MAX", name.len());
     }
 
     // --- calendar arithmetic --------------------------------------------------------------
@@ -1125,6 +1148,43 @@ mod tests {
         ] {
             mlsd_err(line);
         }
+    }
+
+    #[test]
+    fn names_up_to_255_bytes_are_entries_and_longer_ones_are_errors_that_quote_them() {
+        let longest = "é".repeat(127) + "x";
+        assert_eq!(longest.len(), 255);
+        assert_eq!(mlsd(&format!("type=file;size=1; {longest}")).name, longest);
+        assert_eq!(list(&format!("-rw-r--r--    1 0 0 1 Nov 25 13:38 {longest}")).name, longest);
+        assert_eq!(list(&format!("11-25-26  01:38PM      1 {longest}")).name, longest);
+        let over = "n".repeat(256);
+        for err in [
+            mlsd_err(&format!("type=file;size=1; {over}")),
+            list_err(&format!("-rw-r--r--    1 0 0 1 Nov 25 13:38 {over}")),
+            list_err(&format!("11-25-26  01:38PM      1 {over}")),
+        ] {
+            let text = err.to_string();
+            assert!(text.contains("256 bytes") && text.contains("nnnnnnnn"), "says why and which: {text}");
+        }
+    }
+
+    #[test]
+    fn symlinks_whose_target_readlink_could_not_return_are_errors() {
+        let longest = "t".repeat(4095);
+        assert_eq!(list(&format!("lrwxrwxrwx 1 0 0 1 Nov 25 13:38 l -> {longest}")).link_target, Some(longest));
+        list_err(&format!("lrwxrwxrwx 1 0 0 1 Nov 25 13:38 l -> {}", "t".repeat(4096)));
+        mlsd_err(&format!("type=OS.unix=slink:{};size=1; l", "t".repeat(4096)));
+        list_err("lrwxrwxrwx 1 0 0 1 Nov 25 13:38 l -> a\0b");
+        mlsd_err("type=OS.unix=slink:a\0b; l");
+    }
+
+    #[test]
+    fn a_listing_keeps_the_entries_beside_an_over_long_name() {
+        let lines =
+            owned(&["type=file;size=1; a", &format!("type=file;size=1; {}", "n".repeat(300)), "type=file;size=2; b"]);
+        let listing = parse_listing(&lines, Dialect::Mlsd, capture_time());
+        assert_eq!(names(&listing), ["a", "b"]);
+        assert_eq!(listing.warnings.len(), 1, "{:?}", listing.warnings);
     }
 
     #[test]
@@ -1523,8 +1583,9 @@ mod tests {
 
     #[test]
     fn overlong_lines_are_skipped_with_a_warning() {
-        let longest_name = "n".repeat(MAX_LINE_LEN - "type=file; ".len());
-        let lines = vec![format!("type=file; {longest_name}"), format!("type=file; {longest_name}x")];
+        // An unknown fact is ignored, whatever its length: only the line's length counts.
+        let padding = "n".repeat(MAX_LINE_LEN - "x.pad=;type=file; a".len());
+        let lines = vec![format!("x.pad={padding};type=file; a"), format!("x.pad={padding}n;type=file; a")];
         let listing = parse_listing(&lines, Dialect::Mlsd, capture_time());
         assert_eq!(listing.entries.len(), 1);
         assert_eq!(listing.warnings.len(), 1);
@@ -1610,12 +1671,19 @@ mod tests {
         prop_oneof![any::<String>(), mutated_sample()]
     }
 
+    fn assert_valid_entry(entry: &RemoteEntry) {
+        assert_valid_name(&entry.name);
+        if let Some(target) = &entry.link_target {
+            assert!(!target.is_empty() && target.len() <= TARGET_MAX && !target.contains('\0'), "target {target:?}");
+        }
+    }
+
     fn check_line(line: &str, now: SystemTime) {
         if let Ok(Some(entry)) = parse_list_line(line, now) {
-            assert_valid_name(&entry.name);
+            assert_valid_entry(&entry);
         }
         if let Ok(Some(entry)) = parse_mlsd_line(line) {
-            assert_valid_name(&entry.name);
+            assert_valid_entry(&entry);
             if let Some(mode) = entry.perm {
                 assert!(mode <= 0o7777);
             }

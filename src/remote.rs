@@ -21,10 +21,20 @@ pub enum EntryKind {
     Symlink,
 }
 
+/// The longest name, in bytes, an entry may have: Linux's `NAME_MAX`. Some kernels take up
+/// to 1024 or 4095 bytes in a FUSE directory entry and fail the whole `readdir` with `EIO`
+/// beyond that; no local file system can hold more than 255, so nothing longer could be
+/// copied out of the mount either.
+pub const NAME_MAX: usize = 255;
+
+/// The longest symlink target, in bytes, `readlink` can return: `PATH_MAX` less its NUL.
+pub const TARGET_MAX: usize = 4095;
+
 /// One entry of a remote directory listing, or the answer to a `stat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteEntry {
-    /// A single path component: never empty, `.`, `..`, and never contains `/`, NUL, CR or LF.
+    /// A single path component: never empty, `.`, `..`, never longer than [`NAME_MAX`]
+    /// bytes, and never contains `/`, NUL, CR or LF.
     pub name: String,
     pub kind: EntryKind,
     pub size: u64,
@@ -36,7 +46,8 @@ pub struct RemoteEntry {
     pub mtime_precision: u32,
     /// Permission bits (`0o7777` at most) when the listing gave them.
     pub perm: Option<u32>,
-    /// Target of a symlink, when the listing gave it (`name -> target`).
+    /// Target of a symlink, when the listing gave it (`name -> target`): never empty, never
+    /// longer than [`TARGET_MAX`] bytes, never contains NUL.
     pub link_target: Option<String>,
 }
 
