@@ -57,6 +57,9 @@ pub struct Opened {
     pub fh: u64,
     /// The kernel may keep pages cached from an earlier open: the file is the same version.
     pub keep_cache: bool,
+    /// Reads bypass the page cache and the file's size: for the stats file, whose text
+    /// changes length between a `stat` and a `read`.
+    pub direct_io: bool,
 }
 
 struct Handle {
@@ -73,6 +76,9 @@ pub struct MastFs {
     /// One lock per directory being listed, so a burst of lookups causes one LIST.
     listing_locks: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// The stats file's text per open handle, rendered once at `open`: every read of one
+    /// handle sees one consistent text, whole, whatever size an earlier `stat` saw.
+    stats_texts: Mutex<HashMap<u64, Arc<[u8]>>>,
     /// Versions (size, mtime) last opened per inode, to decide on keeping the page cache.
     opened_versions: Mutex<HashMap<u64, (u64, SystemTime)>>,
     next_fh: AtomicU64,
@@ -88,6 +94,7 @@ impl MastFs {
             inodes: Mutex::new(Inodes::new()),
             listing_locks: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            stats_texts: Mutex::new(HashMap::new()),
             opened_versions: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
@@ -241,13 +248,27 @@ impl MastFs {
         }
     }
 
+    fn open_stats(&self) -> Opened {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.stats_texts.lock().insert(fh, self.stats.render().into_bytes().into());
+        Opened { fh, keep_cache: false, direct_io: true }
+    }
+
+    fn read_stats(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let text = self.stats_texts.lock().get(&fh).cloned().ok_or(FsError::BadHandle)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
+        let end = start.saturating_add(size as usize).min(text.len());
+        Ok(text[start..end].to_vec())
+    }
+
     pub fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let file = if ino == STATS_INO {
-            None
-        } else {
+        if ino == STATS_INO {
+            return Ok(self.open_stats());
+        }
+        let file = {
             let inodes = self.inodes.lock();
             let node = inodes.get(ino).ok_or(FsError::NotFound)?;
             match node.kind {
@@ -255,12 +276,10 @@ impl MastFs {
                 EntryKind::Symlink => return Err(FsError::NotFound),
                 EntryKind::File => {}
             }
-            Some((self.remote_path(&node.path), node.size, node.mtime))
+            (self.remote_path(&node.path), node.size, node.mtime)
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let Some((path, size, mtime)) = file else {
-            return Ok(Opened { fh, keep_cache: false });
-        };
+        let (path, size, mtime) = file;
         let secs = match mtime.duration_since(SystemTime::UNIX_EPOCH) {
             Ok(d) => d.as_secs() as i64,
             Err(e) => -(e.duration().as_secs() as i64),
@@ -269,15 +288,12 @@ impl MastFs {
         let keep_cache = self.opened_versions.lock().insert(ino, (size, mtime)) == Some((size, mtime));
         let handle = Handle { file: FileRef::new(id), readahead: Mutex::new(Readahead::default()) };
         self.handles.lock().insert(fh, Arc::new(handle));
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened { fh, keep_cache, direct_io: false })
     }
 
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Data, FsError> {
         if ino == STATS_INO {
-            let text = self.stats.render().into_bytes();
-            let start = (offset as usize).min(text.len());
-            let end = start.saturating_add(size as usize).min(text.len());
-            return Ok(Data::Owned(text[start..end].to_vec()));
+            return self.read_stats(fh, offset, size).map(Data::Owned);
         }
         let handle = self.handles.lock().get(&fh).cloned().ok_or(FsError::BadHandle)?;
         let plan = {
@@ -301,6 +317,7 @@ impl MastFs {
     }
 
     pub fn release(&self, fh: u64) {
+        self.stats_texts.lock().remove(&fh);
         self.handles.lock().remove(&fh);
     }
 }
@@ -408,6 +425,30 @@ mod tests {
         let text = String::from_utf8(fs.read(a.ino, h.fh, 0, 4096).expect("read").to_vec()).expect("utf8");
         assert!(text.contains("net_bytes "));
         assert!(fs.readdir(ROOT).expect("ls").iter().all(|e| e.name != STATS_NAME));
+    }
+
+    #[test]
+    fn a_stats_handle_serves_the_whole_text_of_its_open_in_pieces_while_counters_grow() {
+        let remote = Arc::new(FakeRemote::with_file("/f", vec![1]));
+        let fs = mount(&remote, Duration::from_secs(60));
+        let a = fs.lookup(ROOT, name(STATS_NAME)).expect("stats");
+        let h = fs.open(a.ino, false).expect("open");
+        assert!(h.direct_io, "reads must not stop at a size the kernel saw earlier");
+        let at_open = fs.stats.render();
+        Stats::add(&fs.stats.net_bytes, 123_456_789_000);
+        let mut text = Vec::new();
+        while let Ok(piece) = fs.read(a.ino, h.fh, text.len() as u64, 7) {
+            if piece.is_empty() {
+                break;
+            }
+            text.extend_from_slice(&piece);
+        }
+        assert_eq!(String::from_utf8(text).expect("utf-8"), at_open, "one consistent text, whole");
+        let again = fs.open(a.ino, false).expect("open again");
+        let fresh = fs.read(a.ino, again.fh, 0, 1 << 16).expect("read").to_vec();
+        assert!(String::from_utf8(fresh).expect("utf-8").contains("net_bytes 123456789000\n"));
+        fs.release(h.fh);
+        assert_eq!(fs.read(a.ino, h.fh, 0, 1).err().map(|e| e.errno()), Some(libc::EBADF));
     }
 
     #[test]

@@ -96,7 +96,9 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, is_write(flags)) {
             Ok(o) => {
-                let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                let mut f = FopenFlags::empty();
+                f.set(FopenFlags::FOPEN_KEEP_CACHE, o.keep_cache);
+                f.set(FopenFlags::FOPEN_DIRECT_IO, o.direct_io);
                 reply.opened(FileHandle(o.fh), f)
             }
             Err(e) => reply.error(errno(&e)),

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use common::*;
 
+const LIMIT: Duration = Duration::from_secs(60);
+
 /// A server of `kind` over a fresh root prepared by `fill`.
 fn serve(builder: ServerBuilder, fill: impl FnOnce(&Path)) -> (tempfile::TempDir, Server) {
     let root = new_root();
@@ -43,4 +45,41 @@ fn a_name_longer_than_255_bytes_is_left_out_and_the_rest_of_the_directory_lists(
     let log = mount.stderr();
     let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains(OVERLONG_NAME_PREFIX)).count();
     assert!(warnings >= 1, "the skipped names are reported in the log:\n{log}");
+}
+
+// ------------------------------------------------------------------ the stats file and statfs
+
+/// Counters as `mastfs stats` prints them; panics on a line that is not `name value`.
+fn counters(mount: &Mount) -> Vec<(String, u64)> {
+    let out = mount.stats();
+    assert!(out.status.success(), "mastfs stats failed: {}", stderr_of(&out));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.ends_with('\n'), "the text ends with a whole line: {text:?}");
+    text.lines()
+        .map(|l| {
+            let (name, value) = l.split_once(' ').unwrap_or_else(|| panic!("not a counter line: {l:?} in {text:?}"));
+            (name.to_string(), value.parse().unwrap_or_else(|_| panic!("not a number: {l:?} in {text:?}")))
+        })
+        .collect()
+}
+
+#[test]
+fn mastfs_stats_prints_every_counter_whole_after_the_counters_grew_longer() {
+    if !ready(Kind::Vsftpd) {
+        return;
+    }
+    let (_root, server) = serve(Server::builder(Kind::Vsftpd), |r| write_pattern_file(&r.join("f.bin"), 1, 3 << 20));
+    let mount = Mount::start(&server);
+    let before = counters(&mount);
+    let stats_file = mount.path(".mastfs-stats");
+    // The kernel now holds the text's length from this stat for the attribute timeout.
+    let stat_size = fs::metadata(&stats_file).expect("stat .mastfs-stats").len();
+    assert_eq!(mount.read("f.bin").len(), 3 << 20);
+    let after = counters(&mount);
+    let names = |c: &[(String, u64)]| c.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before), "every counter, in the same order");
+    let net = after.iter().find(|(n, _)| n == "net_bytes").map(|(_, v)| *v);
+    assert!(net >= Some(3 << 20), "net_bytes counts the read: {after:?}");
+    let text_len: usize = after.iter().map(|(n, v)| n.len() + v.to_string().len() + 2).sum();
+    assert!(text_len as u64 > stat_size, "the text grew past the size stat saw ({stat_size})");
 }
