@@ -53,6 +53,37 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
+/// What `statfs` (and so `df`) reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// FTP cannot tell how large an archive is or how much it may still hold. A volume of 0
+/// blocks is hidden by `df` and makes tools that compute a fill level divide by zero, and
+/// one reported full trips disk-full monitoring; so, like rclone mount for backends without
+/// usage figures (and sshfs without the statvfs extension), report a large volume that is
+/// all free: 1 PiB in 4 KiB blocks, 10^9 inodes. Nothing can be written anyway: the mount
+/// is `ro`, which statvfs's `f_flag` reports as `ST_RDONLY`, and writes fail with `EROFS`.
+/// Names are at most `NAME_MAX` bytes (longer ones are never listed).
+pub const STATFS: Statfs = Statfs {
+    blocks: (1 << 50) / 4096,
+    bfree: (1 << 50) / 4096,
+    bavail: (1 << 50) / 4096,
+    files: 1_000_000_000,
+    ffree: 1_000_000_000,
+    bsize: 4096,
+    namelen: NAME_MAX as u32,
+    frsize: 4096,
+};
+
 pub struct Opened {
     pub fh: u64,
     /// The kernel may keep pages cached from an earlier open: the file is the same version.

@@ -189,8 +189,8 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // An archive has no meaningful capacity; report an empty, full, read-only volume.
-        reply.statfs(0, 0, 0, 0, 0, crate::cache::BLOCK_SIZE as u32, 255, crate::cache::BLOCK_SIZE as u32);
+        let s = crate::fs::STATFS;
+        reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {

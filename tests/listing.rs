@@ -83,3 +83,26 @@ fn mastfs_stats_prints_every_counter_whole_after_the_counters_grew_longer() {
     let text_len: usize = after.iter().map(|(n, v)| n.len() + v.to_string().len() + 2).sum();
     assert!(text_len as u64 > stat_size, "the text grew past the size stat saw ({stat_size})");
 }
+
+#[test]
+fn df_shows_a_sized_read_only_file_system_with_255_byte_names() {
+    if !ready(Kind::Vsftpd) {
+        return;
+    }
+    let (_root, server) = serve(Server::builder(Kind::Vsftpd), |r| write_file(&r.join("f"), b"x"));
+    let mount = Mount::start(&server);
+    let out = run(Command::new("df").args(["-B1", "--output=size,avail,target"]).arg(&mount.mountpoint), LIMIT);
+    assert!(out.status.success(), "df failed: {}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let size: u64 = row.first().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("df printed {text:?}"));
+    assert!(size >= 1 << 40, "a size, not 0: {text}");
+    let out = run(Command::new("stat").args(["-f", "-c", "%l %S %a"]).arg(&mount.mountpoint), LIMIT);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fields: Vec<u64> = text.split_whitespace().map(|f| f.parse().expect("number")).collect();
+    assert_eq!(fields.first(), Some(&255), "f_namemax: {text}");
+    assert!(fields[1] > 0 && fields[2] > 0, "a block size, blocks available: {text}");
+    // Read-only comes from the mount, whatever statfs counts.
+    let out = run(Command::new("findmnt").args(["-n", "-o", "OPTIONS"]).arg(&mount.mountpoint), LIMIT);
+    assert!(String::from_utf8_lossy(&out.stdout).split(',').any(|o| o == "ro"), "mounted ro");
+}
