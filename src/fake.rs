@@ -14,8 +14,14 @@ pub struct FakeRemote {
     pub lists: AtomicU64,
     pub reads: AtomicU64,
     pub bytes: AtomicU64,
-    /// Every listing fails as if the server were unreachable.
+    /// Every listing and stat fails as if the server were unreachable.
     pub fail_lists: std::sync::atomic::AtomicBool,
+    /// Listings and stats wait while this is set, as on a server that stopped answering.
+    pub stall_lists: std::sync::atomic::AtomicBool,
+    /// Every listing takes this long.
+    pub list_delay_ms: AtomicU64,
+    /// `stat` calls seen.
+    pub stats: AtomicU64,
     /// Break every transfer after this many bytes (0 = never).
     pub break_after: AtomicU64,
     /// Ranged reads seen: (path, offset, bytes delivered).
@@ -33,12 +39,48 @@ impl FakeRemote {
         self.files.lock().insert(path.to_string(), data);
     }
 
+    pub fn remove(&self, path: &str) {
+        self.files.lock().remove(path);
+    }
+
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::SeqCst)
     }
 
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::SeqCst)
+    }
+}
+
+impl FakeRemote {
+    /// What a listing of `dir` shows (directories are implied by the files under them).
+    fn entries(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
+        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+        let files = self.files.lock();
+        let mut out: Vec<RemoteEntry> = Vec::new();
+        for (path, data) in files.iter() {
+            let Some(rest) = path.strip_prefix(&prefix) else { continue };
+            let (name, kind, size) = match rest.split_once('/') {
+                Some((d, _)) => (d, EntryKind::Dir, 0),
+                None => (rest, EntryKind::File, data.len() as u64),
+            };
+            if out.iter().any(|e| e.name == name) {
+                continue;
+            }
+            out.push(RemoteEntry {
+                name: name.to_string(),
+                kind,
+                size,
+                mtime: SystemTime::UNIX_EPOCH,
+                mtime_precision: 1,
+                perm: None,
+                link_target: None,
+            });
+        }
+        if out.is_empty() && dir != "/" {
+            return Err(RemoteError::Unavailable(dir.to_string()));
+        }
+        Ok(out)
     }
 }
 
@@ -57,9 +99,16 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 impl Remote for FakeRemote {
     fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
+        self.stats.fetch_add(1, Ordering::SeqCst);
+        while self.stall_lists.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if self.fail_lists.load(Ordering::SeqCst) {
+            return Err(RemoteError::Timeout(format!("stat {path}")));
+        }
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let dir = if dir.is_empty() { "/" } else { dir };
-        match self.list(dir) {
+        match self.entries(dir) {
             Ok(entries) => Ok(entries.into_iter().find(|e| e.name == name)),
             Err(RemoteError::Unavailable(_)) => Ok(None),
             Err(e) => Err(e),
@@ -87,35 +136,14 @@ impl Remote for FakeRemote {
 
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
         self.lists.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(self.list_delay_ms.load(Ordering::SeqCst)));
+        while self.stall_lists.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         if self.fail_lists.load(Ordering::SeqCst) {
             return Err(RemoteError::Timeout(format!("listing {dir}")));
         }
-        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
-        let files = self.files.lock();
-        let mut out: Vec<RemoteEntry> = Vec::new();
-        for (path, data) in files.iter() {
-            let Some(rest) = path.strip_prefix(&prefix) else { continue };
-            let (name, kind, size) = match rest.split_once('/') {
-                Some((d, _)) => (d, EntryKind::Dir, 0),
-                None => (rest, EntryKind::File, data.len() as u64),
-            };
-            if out.iter().any(|e| e.name == name) {
-                continue;
-            }
-            out.push(RemoteEntry {
-                name: name.to_string(),
-                kind,
-                size,
-                mtime: SystemTime::UNIX_EPOCH,
-                mtime_precision: 1,
-                perm: None,
-                link_target: None,
-            });
-        }
-        if out.is_empty() && dir != "/" {
-            return Err(RemoteError::Unavailable(dir.to_string()));
-        }
-        Ok(out)
+        self.entries(dir)
     }
 
     fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {

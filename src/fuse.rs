@@ -141,42 +141,36 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.getattr(ino.0) {
-            Ok(a) if a.kind == EntryKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.fs.readdir(ino.0) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let kind = self.file_attr(&e.attr).kind;
-                    if reply.add(INodeNo(e.attr.ino), (i + 1) as u64, kind, &e.name) {
-                        break;
-                    }
-                }
-                reply.ok()
-            }
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let added = self.fs.readdir(fh.0, offset, |e, next| {
+            reply.add(INodeNo(e.attr.ino), next, self.file_attr(&e.attr).kind, &*e.name)
+        });
+        match added {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.fs.readdir(ino.0) {
-            Ok(entries) => {
-                let ttl = self.fs.ttl();
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let attr = self.file_attr(&e.attr);
-                    if reply.add(INodeNo(e.attr.ino), (i + 1) as u64, &e.name, &ttl, &attr, Generation(0)) {
-                        break;
-                    }
-                }
-                reply.ok()
-            }
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let ttl = self.fs.ttl();
+        let added = self.fs.readdir(fh.0, offset, |e, next| {
+            reply.add(INodeNo(e.attr.ino), next, &*e.name, &ttl, &self.file_attr(&e.attr), Generation(0))
+        });
+        match added {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {

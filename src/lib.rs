@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod config;
 mod credentials;
+mod dircache;
 mod error;
 #[cfg(test)]
 mod fake;

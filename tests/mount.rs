@@ -79,7 +79,10 @@ fn hostile_names_nested_dirs_and_symlinks(kind: Kind) {
     }
 
     // Servers that describe links (vsftpd's LIST, pure-ftpd's MLSD) show them as links;
-    // pyftpdlib's MLSD describes the target instead, which reads as a plain file.
+    // pyftpdlib's MLSD describes the target instead, which reads as a plain file. vsftpd
+    // shows them only in listings: a lookup in a directory nobody listed asks SIZE/MDTM/CWD,
+    // which follow links (see README, Limits), so list it first.
+    ls_names(&mount.path("links"));
     let link = mount.path("links/link_to_file");
     if kind == Kind::Pyftpdlib {
         assert!(fs::symlink_metadata(&link).expect("lstat").is_file());
@@ -124,6 +127,8 @@ fn symlinks_from_a_list_server_are_symlinks_with_their_targets() {
         make_symlinks(&r.join("links"));
     });
     let mount = Mount::start(&server);
+    // Links show in listings; lookups in an unlisted directory follow them (README, Limits).
+    ls_names(&mount.path("links"));
     for (name, target) in
         [("link_to_file", "target.txt"), ("link_to_dir", "target_dir"), ("dangling", "does-not-exist")]
     {
