@@ -1,11 +1,14 @@
 //! The `mastfs` command: mount, unmount, and read the counters of a mount.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
+use nix::fcntl::OFlag;
+use nix::mount::MntFlags;
+use nix::unistd::ForkResult;
 
 use crate::cli::{Cli, Command, MountArgs};
 use crate::mount;
@@ -81,13 +84,13 @@ fn run_mount(args: MountArgs) -> ExitCode {
             "mastfs: WARNING: --insecure: the server's certificate is NOT verified; anyone on the path can impersonate it"
         );
     }
-    let mut report_fd = None;
+    let mut report_pipe = None;
     if foreground {
         init_logging(verbose, None);
     } else {
         match daemonize() {
             Ok(Daemon::Parent(code)) => return code,
-            Ok(Daemon::Child(fd)) => report_fd = Some(fd),
+            Ok(Daemon::Child(pipe)) => report_pipe = Some(pipe),
             Err(m) => return fail(&m),
         }
         let log_path = prepared.args.log_file.clone().unwrap_or_else(|| prepared.cache_dir.join("mastfs.log"));
@@ -98,7 +101,7 @@ fn run_mount(args: MountArgs) -> ExitCode {
         Ok(b) => b,
         Err(m) => {
             log::error!("{m}");
-            mount::report(report_fd, &Err(m.clone()));
+            mount::report(report_pipe.take(), &Err(m.clone()));
             return if foreground { fail(&m) } else { ExitCode::FAILURE };
         }
     };
@@ -109,7 +112,7 @@ fn run_mount(args: MountArgs) -> ExitCode {
         Err(e) => {
             let m = format!("cannot mount on {}: {e}", mountpoint.display());
             log::error!("{m}");
-            mount::report(report_fd, &Err(m.clone()));
+            mount::report(report_pipe.take(), &Err(m.clone()));
             return if foreground { fail(&m) } else { ExitCode::FAILURE };
         }
     };
@@ -134,8 +137,8 @@ fn run_mount(args: MountArgs) -> ExitCode {
         }
         Err(e) => log::warn!("cannot handle signals ({e}); use `mastfs umount`"),
     }
-    mount::report(report_fd, &Ok(()));
-    if report_fd.is_some() {
+    if !foreground {
+        mount::report(report_pipe.take(), &Ok(()));
         detach_stdio();
     }
     let result = session.run();
@@ -153,58 +156,51 @@ enum Daemon {
     /// The original process, with the exit code the daemon's start-up earned.
     Parent(ExitCode),
     /// The daemon, with the pipe to report its start-up on.
-    Child(i32),
+    Child(File),
 }
 
 /// Forks; the parent waits until the child reports the mount live (or why not), so a failed
 /// start is an error message and an exit code, never a silent dead daemon.
 fn daemonize() -> Result<Daemon, String> {
-    let mut fds = [0i32; 2];
-    // SAFETY: plain syscalls on a local array; no threads exist yet, so fork is safe.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
-    }
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(format!("fork: {}", std::io::Error::last_os_error()));
-    }
-    if pid > 0 {
-        unsafe { libc::close(fds[1]) };
-        // SAFETY: fds[0] is the read end we own.
-        let reader = BufReader::new(unsafe { std::fs::File::from_raw_fd(fds[0]) });
-        let line = reader.lines().next().and_then(Result::ok).unwrap_or_default();
-        return Ok(Daemon::Parent(match line.strip_prefix("ERR ") {
-            None if line == "OK" => ExitCode::SUCCESS,
-            Some(m) => fail(m),
-            None => fail("the mount daemon exited during start-up (see its log)"),
-        }));
-    }
-    unsafe {
-        libc::close(fds[0]);
-        libc::setsid();
-    }
-    Ok(Daemon::Child(fds[1]))
-}
-
-fn detach_stdio() {
-    // SAFETY: reopening the standard descriptors on /dev/null; nothing else uses them.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            libc::dup2(null, 0);
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
-            if null > 2 {
-                libc::close(null);
+    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: no thread exists yet (the file system is built after this), so the child may
+    // do anything the parent could.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { .. } => {
+            drop(write_end);
+            // EOF without a line: the daemon died before it could say why.
+            let line = BufReader::new(File::from(read_end)).lines().next().and_then(Result::ok).unwrap_or_default();
+            Ok(Daemon::Parent(match line.strip_prefix("ERR ") {
+                None if line == "OK" => ExitCode::SUCCESS,
+                Some(m) => fail(m),
+                None => fail("the mount daemon exited during start-up (see its log)"),
+            }))
+        }
+        ForkResult::Child => {
+            drop(read_end);
+            let mut pipe = File::from(write_end);
+            // Its own session: the terminal's hang-up and job control no longer reach it.
+            if let Err(e) = nix::unistd::setsid() {
+                let m = format!("setsid: {e}");
+                mount::report(Some(&mut pipe), &Err(m.clone()));
+                return Err(m);
             }
+            Ok(Daemon::Child(pipe))
         }
     }
 }
 
+/// Points the standard streams at /dev/null once the daemon no longer has a terminal to
+/// write to (it logs to its log file).
+fn detach_stdio() {
+    let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else { return };
+    let _ = nix::unistd::dup2_stdin(&null);
+    let _ = nix::unistd::dup2_stdout(&null);
+    let _ = nix::unistd::dup2_stderr(&null);
+}
+
 fn lazy_unmount(path: &Path) {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return };
-    // SAFETY: a valid C string; MNT_DETACH only needs the path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+    if nix::mount::umount2(path, MntFlags::MNT_DETACH).is_err() {
         let _ = std::process::Command::new("fusermount3").arg("-uz").arg(path).status();
     }
 }
@@ -214,14 +210,10 @@ fn unmount(mountpoint: &Path) -> ExitCode {
     if matches!(&via_fusermount, Ok(o) if o.status.success()) {
         return ExitCode::SUCCESS;
     }
-    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
-        return fail("mount point path contains a NUL byte");
+    let err = match nix::mount::umount(mountpoint) {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(e) => e,
     };
-    // SAFETY: a valid C string.
-    if unsafe { libc::umount(c.as_ptr()) } == 0 {
-        return ExitCode::SUCCESS;
-    }
-    let err = std::io::Error::last_os_error();
     let detail = match via_fusermount {
         Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
         Err(e) => e.to_string(),

@@ -155,8 +155,7 @@ pub fn build(p: &Prepared) -> Result<Built, String> {
         BlockConfig { workers: connections, ..BlockConfig::default() },
         Arc::clone(&stats),
     );
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
     let fs = MastFs::new(
         remote,
         Arc::clone(&store),
@@ -208,13 +207,11 @@ fn explain(e: &crate::error::RemoteError, host: &str, port: u16) -> String {
 }
 
 /// Writes the start-up result to the parent, which is waiting to exit with it.
-pub fn report(fd: Option<i32>, result: &Result<(), String>) {
-    let Some(fd) = fd else { return };
+pub fn report(pipe: Option<impl Write>, result: &Result<(), String>) {
+    let Some(mut pipe) = pipe else { return };
     let line = match result {
         Ok(()) => "OK\n".to_string(),
         Err(m) => format!("ERR {}\n", m.replace('\n', " ")),
     };
-    // SAFETY: fd is the write end of the start-up pipe, owned by this process.
-    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let _ = f.write_all(line.as_bytes());
+    let _ = pipe.write_all(line.as_bytes());
 }
