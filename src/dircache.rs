@@ -220,6 +220,11 @@ impl DirCache {
                 self.server_silent.store(false, Ordering::Relaxed);
                 Ok(())
             }
+            // The directory exists (it was looked up), so a refused listing is a refusal.
+            Err(e @ RemoteError::Unavailable(_)) if matches!(key, Key::Listing(_)) => {
+                log::info!("listing {path:?} refused: {e}");
+                Err(FsError::Remote(e))
+            }
             Err(RemoteError::Unavailable(m)) => {
                 log::info!("{path:?} is not available: {m}");
                 Err(FsError::NotFound)

@@ -22,6 +22,8 @@ pub struct FakeRemote {
     pub list_delay_ms: AtomicU64,
     /// `stat` calls seen.
     pub stats: AtomicU64,
+    /// Directories whose listing is refused (`550`) though their entries can be looked up.
+    refused_lists: Mutex<Vec<String>>,
     /// Break every transfer after this many bytes (0 = never).
     pub break_after: AtomicU64,
     /// Ranged reads seen: (path, offset, bytes delivered).
@@ -37,6 +39,10 @@ impl FakeRemote {
 
     pub fn put(&self, path: &str, data: Vec<u8>) {
         self.files.lock().insert(path.to_string(), data);
+    }
+
+    pub fn refuse_list(&self, dir: &str) {
+        self.refused_lists.lock().push(dir.to_string());
     }
 
     pub fn remove(&self, path: &str) {
@@ -142,6 +148,9 @@ impl Remote for FakeRemote {
         }
         if self.fail_lists.load(Ordering::SeqCst) {
             return Err(RemoteError::Timeout(format!("listing {dir}")));
+        }
+        if self.refused_lists.lock().iter().any(|d| d == dir) {
+            return Err(RemoteError::Unavailable(format!("LIST {dir}: 550 Permission denied")));
         }
         self.entries(dir)
     }

@@ -219,7 +219,16 @@ impl MastFs {
                 Some(_) => inodes.listing(parent).is_some(),
             }
         };
-        if listed || self.many_stats_in(parent) {
+        if !listed && self.many_stats_in(parent) {
+            // A directory may refuse a listing and still serve lookups (e.g. one holding
+            // every user's request directories): then stat on, and try listing again later.
+            if let Err(e) = self.dirs.ensure_listing(parent) {
+                log::info!("listing directory {parent} instead of looking up in it failed ({e}); using stat");
+                self.stat_lookups.lock().remove(&parent);
+            }
+        }
+        let listed = listed || self.inodes.lock().listing(parent).is_some();
+        if listed {
             self.dirs.ensure_listing(parent)?;
             let inodes = self.inodes.lock();
             let ino = inodes.child(parent, name).ok_or(FsError::NotFound)?;
@@ -507,6 +516,23 @@ mod tests {
         }
         assert_eq!(stats(&remote), 1 + u64::from(LIST_AFTER_STATS));
         assert_eq!(lists(&remote), 1);
+    }
+
+    #[test]
+    fn lookups_go_on_by_stat_in_a_directory_that_refuses_to_be_listed() {
+        let remote = Arc::new(FakeRemote::default());
+        for i in 0..20 {
+            remote.put(&format!("/stage/anonymous/req{i}/f"), vec![0; i]);
+        }
+        remote.refuse_list("/stage/anonymous");
+        let fs = mount(&remote, Duration::from_secs(60));
+        let stage = fs.lookup(ROOT, name("stage")).expect("stage").ino;
+        let anon = fs.lookup(stage, name("anonymous")).expect("anonymous").ino;
+        for i in 0..20 {
+            let req = fs.lookup(anon, name(&format!("req{i}"))).expect("request directory").ino;
+            assert_eq!(fs.lookup(req, name("f")).expect("file").size, i as u64);
+        }
+        assert_eq!(ls(&fs, anon).err().map(|e| e.errno()), Some(libc::EACCES), "a refused listing");
     }
 
     #[test]
