@@ -59,14 +59,30 @@ impl FtpsRemote {
 
 impl Remote for FtpsRemote {
     fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
-        let mut lease = self.pool.get()?;
-        let result = lease.with(|c| c.stat(path));
-        if let Err(e) = &result
-            && !matches!(e, RemoteError::Unavailable(_))
-        {
-            lease.discard();
+        // Lookups now stat paths instead of listing parents, so a stat meets the same refused
+        // connections (421) and dropped idle connections as a listing: retry as `list` does.
+        let deadline = Instant::now() + self.pool.timeout() * 2;
+        let mut attempt = 0;
+        loop {
+            let result = self.pool.get().and_then(|mut lease| {
+                let result = lease.with(|c| c.stat(path));
+                if let Err(e) = &result
+                    && !matches!(e, RemoteError::Unavailable(_))
+                {
+                    lease.discard();
+                }
+                result
+            });
+            match result {
+                Ok(entry) => return Ok(entry),
+                Err(e) => {
+                    if !self.backoff(attempt, &e, deadline) {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                }
+            }
         }
-        result
     }
 
     fn parallelism(&self) -> usize {
