@@ -130,6 +130,7 @@ fn a_server_killed_and_restarted_on_its_port_fails_reads_with_eio_then_serves_th
     // The restarted server has a new certificate from a new CA: only --insecure can follow it.
     let mount = Mount::builder(&server).no_ca().args(["--insecure", "--timeout", TIMEOUT]).start();
     assert_same(&cat(&mount.path("a.bin")).expect("before the crash"), 3, MIB + 1, "a.bin");
+    assert!(run(Command::new("ls").arg(&mount.mountpoint), HANG).status.success(), "listed once");
 
     // SAFETY: signalling the server daemon this test started.
     unsafe { libc::kill(server.pid as libc::pid_t, libc::SIGKILL) };
@@ -154,6 +155,7 @@ fn a_paused_server_fails_reads_with_eio_and_serves_them_after_it_resumes() {
     });
     let mount = Mount::builder(&server).args(["--timeout", TIMEOUT]).start();
     assert_same(&cat(&mount.path("a.bin")).expect("before the pause"), 5, MIB, "a.bin");
+    assert!(run(Command::new("ls").arg(&mount.mountpoint), HANG).status.success(), "listed once");
 
     // vsftpd runs each session in a process (and session) of its own: stop the whole tree.
     let tree = process_tree(server.pid);
