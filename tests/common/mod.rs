@@ -335,29 +335,18 @@ impl ServerBuilder {
                 );
             }
         };
-        let info = parse_flat_json(&line).unwrap_or_else(|| panic!("ftps-server printed unparsable JSON: {line}"));
-        let field = |k: &str| -> String {
-            match info.get(k) {
-                Some(Json::Str(s)) => s.clone(),
-                other => panic!("ftps-server JSON field {k:?} is {other:?}: {line}"),
-            }
-        };
-        let num = |k: &str| -> u64 {
-            match info.get(k) {
-                Some(Json::Num(n)) => *n as u64,
-                other => panic!("ftps-server JSON field {k:?} is {other:?}: {line}"),
-            }
-        };
+        let info: ReadyLine = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("ftps-server printed a ready line mastfs tests cannot read ({e}): {line}"));
         Server {
             kind: self.kind,
-            host: field("host"),
-            port: u16::try_from(num("port")).expect("port fits u16"),
-            ca_file: PathBuf::from(field("ca_file")),
-            wrong_ca_file: PathBuf::from(field("wrong_ca_file")),
-            root: PathBuf::from(field("root")),
-            log: PathBuf::from(field("log")),
-            protocol_log: PathBuf::from(field("protocol_log")),
-            pid: u32::try_from(num("pid")).expect("pid fits u32"),
+            host: info.host,
+            port: info.port,
+            ca_file: info.ca_file,
+            wrong_ca_file: info.wrong_ca_file,
+            root: info.root,
+            log: info.log,
+            protocol_log: info.protocol_log,
+            pid: info.pid,
             implicit: self.implicit,
             tls: !self.plain,
             user: self.user.clone(),
@@ -538,96 +527,17 @@ pub fn url_path_encode(path: &str) -> String {
     out
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Str(String),
-    Num(f64),
-    Bool(bool),
-    Null,
-}
-
-/// Parses the one-level JSON object that ftps-server prints.
-fn parse_flat_json(text: &str) -> Option<HashMap<String, Json>> {
-    let mut chars = text.trim().chars().peekable();
-    let mut out = HashMap::new();
-    let skip_ws = |c: &mut std::iter::Peekable<std::str::Chars>| {
-        while c.peek().is_some_and(|ch| ch.is_whitespace()) {
-            c.next();
-        }
-    };
-    fn string(c: &mut std::iter::Peekable<std::str::Chars>) -> Option<String> {
-        if c.next()? != '"' {
-            return None;
-        }
-        let mut s = String::new();
-        loop {
-            match c.next()? {
-                '"' => return Some(s),
-                '\\' => match c.next()? {
-                    'n' => s.push('\n'),
-                    't' => s.push('\t'),
-                    'r' => s.push('\r'),
-                    'b' => s.push('\u{8}'),
-                    'f' => s.push('\u{c}'),
-                    'u' => {
-                        let hex: String = (0..4).filter_map(|_| c.next()).collect();
-                        let mut code = u32::from_str_radix(&hex, 16).ok()?;
-                        if (0xD800..0xDC00).contains(&code) {
-                            // A surrogate pair: \uD8xx\uDCxx.
-                            if c.next()? != '\\' || c.next()? != 'u' {
-                                return None;
-                            }
-                            let hex: String = (0..4).filter_map(|_| c.next()).collect();
-                            let low = u32::from_str_radix(&hex, 16).ok()?;
-                            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
-                        }
-                        s.push(char::from_u32(code)?);
-                    }
-                    other => s.push(other),
-                },
-                ch => s.push(ch),
-            }
-        }
-    }
-    skip_ws(&mut chars);
-    if chars.next()? != '{' {
-        return None;
-    }
-    loop {
-        skip_ws(&mut chars);
-        if chars.peek() == Some(&'}') {
-            break;
-        }
-        let key = string(&mut chars)?;
-        skip_ws(&mut chars);
-        if chars.next()? != ':' {
-            return None;
-        }
-        skip_ws(&mut chars);
-        let value = match chars.peek()? {
-            '"' => Json::Str(string(&mut chars)?),
-            _ => {
-                let mut word = String::new();
-                while chars.peek().is_some_and(|c| !matches!(c, ',' | '}') && !c.is_whitespace()) {
-                    word.push(chars.next()?);
-                }
-                match word.as_str() {
-                    "true" => Json::Bool(true),
-                    "false" => Json::Bool(false),
-                    "null" => Json::Null,
-                    n => Json::Num(n.parse().ok()?),
-                }
-            }
-        };
-        out.insert(key, value);
-        skip_ws(&mut chars);
-        match chars.next()? {
-            ',' => continue,
-            '}' => break,
-            _ => return None,
-        }
-    }
-    Some(out)
+/// The line `scripts/ftps-server` prints once its server listens (other fields are ignored).
+#[derive(Debug, serde::Deserialize)]
+struct ReadyLine {
+    host: String,
+    port: u16,
+    ca_file: PathBuf,
+    wrong_ca_file: PathBuf,
+    root: PathBuf,
+    log: PathBuf,
+    protocol_log: PathBuf,
+    pid: u32,
 }
 
 // ------------------------------------------------------------------ test data
