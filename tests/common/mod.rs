@@ -28,21 +28,55 @@ const PASSWORD_ENV: &str = "MASTFS_TEST_FTP_PASSWORD";
 pub const TEST_USER: &str = "mastfs-test";
 pub const TEST_PASSWORD: &str = "s3cret pass;word";
 
-/// `CI=true`: the real-server and FUSE tests must run, and fail if they cannot.
+/// Set to `1` to let a test whose server, FUSE or tool is missing skip instead of failing
+/// (`scripts/test --allow-skip` sets it). Without it every test runs or fails.
+pub const ALLOW_SKIP_ENV: &str = "MASTFS_TEST_ALLOW_SKIP";
+/// A file that each skipping test appends one line to (`binary<TAB>test<TAB>reason`):
+/// `scripts/test` counts skipped tests from it, apart from the passed ones.
+pub const SKIP_LOG_ENV: &str = "MASTFS_TEST_SKIP_LOG";
+
+/// `CI=true`: nothing may be skipped, whatever [`ALLOW_SKIP_ENV`] says.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// Whether a missing requirement may skip a test: only when asked for explicitly, never on CI.
+pub fn skipping_allowed() -> bool {
+    !ci() && std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1")
+}
+
 fn skip_or_panic(what: &str, reason: &str) -> bool {
-    if ci() {
-        panic!("CI=true but {what} is unavailable: {reason}. Run scripts/install-deps.");
+    if !skipping_allowed() {
+        panic!(
+            "{what} is unavailable: {reason}. Install what the tests need with `scripts/install-deps` (as root), \
+             or skip such tests explicitly with {ALLOW_SKIP_ENV}=1 (`scripts/test --allow-skip`)."
+        );
     }
-    eprintln!("SKIPPED: {what} is unavailable ({reason}); set CI=true to make this a failure");
+    record_skip(&format!("{what} is unavailable: {reason}"));
+    eprintln!("SKIPPED: {what} is unavailable ({reason}); {ALLOW_SKIP_ENV}=1 allowed the skip");
     false
 }
 
-/// True when FUSE mounts can be made here. Without it: skips (prints why), or
-/// panics under `CI=true`.
+/// Appends this test to the skip log, so the run's closing line counts it as skipped, not passed.
+fn record_skip(reason: &str) {
+    let Some(log) = std::env::var_os(SKIP_LOG_ENV).filter(|v| !v.is_empty()) else { return };
+    // libtest runs each test on a thread named after the test.
+    let test = std::thread::current().name().unwrap_or("unknown").to_owned();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let line = format!("{binary}\t{test}\t{}\n", reason.replace(['\t', '\n'], " "));
+    // One short O_APPEND write per line: lines from parallel tests never interleave.
+    let written =
+        fs::OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        panic!("cannot record a skipped test in {}: {e}", PathBuf::from(log).display());
+    }
+}
+
+/// True when FUSE mounts can be made here. Without it the test fails with the reason, or
+/// skips (returns false) when [`skipping_allowed`].
 pub fn require_fuse() -> bool {
     static STATE: OnceLock<Result<(), String>> = OnceLock::new();
     let state = STATE.get_or_init(|| {
@@ -63,8 +97,8 @@ pub fn require_fuse() -> bool {
     }
 }
 
-/// True when a server of `kind` can be started here. Without it: skips (prints
-/// why), or panics under `CI=true`.
+/// True when a server of `kind` can be started here. Without it the test fails with the
+/// reason, or skips (returns false) when [`skipping_allowed`].
 pub fn require_server(kind: Kind) -> bool {
     static STATE: OnceLock<Mutex<HashMap<Kind, Result<(), String>>>> = OnceLock::new();
     let map = STATE.get_or_init(|| Mutex::new(HashMap::new()));
@@ -78,7 +112,8 @@ pub fn require_server(kind: Kind) -> bool {
     }
 }
 
-/// True when `program` is on PATH (e.g. curl for the harness's own checks).
+/// True when `program` is on PATH (e.g. curl for the harness's own checks). Without it the
+/// test fails, or skips when [`skipping_allowed`].
 pub fn require_program(program: &str) -> bool {
     match find_program(program) {
         Some(_) => true,
@@ -739,7 +774,8 @@ pub fn fits_header(cards: &[(&str, &str)]) -> Vec<u8> {
     h.into_bytes()
 }
 
-/// FUSE and a server of `kind` are both available (or the test is skipped; fails under CI).
+/// FUSE and a server of `kind` are both available. Otherwise the test fails with the reason,
+/// or skips (returns false) when [`skipping_allowed`].
 pub fn ready(kind: Kind) -> bool {
     require_fuse() && require_server(kind)
 }
