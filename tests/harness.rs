@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Auth, Kind, Server};
+use common::{Auth, BackgroundMount, Kind, Mount, Server};
 
 const MIB: u64 = 1 << 20;
 
@@ -246,6 +246,98 @@ fn symlinks_inside_the_root_are_followed_and_those_leaving_it_are_not() {
         let escape = server.curl(Auth::Anonymous, &[], "links/escape");
         assert!(!escape.status.success(), "{kind:?} served a file outside its root");
     }
+}
+
+/// An FTPS client that logs in and then holds its session until its stdin closes: vsftpd
+/// moves a logged-in session into a process session of its own, out of the server's group.
+const HOLD_A_SESSION: &str = r#"
+import ftplib, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+ftp = ftplib.FTP_TLS(context=ctx, timeout=30)
+ftp.connect(sys.argv[1], int(sys.argv[2]))
+ftp.auth()
+ftp.login()
+ftp.prot_p()
+print(ftp.pwd(), flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn every_server_kind_ends_all_its_processes_when_stopped_with_a_client_logged_in() {
+    for kind in Kind::ALL {
+        if !common::require_server(kind) {
+            continue;
+        }
+        let server = Server::start(kind);
+        let mut client = Command::new("python3")
+            .args(["-c", HOLD_A_SESSION, &server.host, &server.port.to_string()])
+            .arg(&server.ca_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the FTPS client");
+        let stdout = client.stdout.take().expect("piped stdout");
+        let logged_in = common::within("the client's login", Duration::from_secs(60), move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        });
+        let logged_in = logged_in.expect("read the client's stdout");
+        assert!(logged_in.starts_with('/'), "{kind:?}: the client did not log in: {logged_in:?}");
+        let running = common::processes_tagged(&server.tag);
+        // The control script and the server, plus at least one session where the server forks.
+        let least = if kind == Kind::Pyftpdlib { 2 } else { 3 };
+        assert!(running.len() >= least, "{kind:?}: the tag marks the server's processes: {running:#?}");
+
+        let left = server.stop_and_list_leftovers();
+        drop(client.stdin.take());
+        let _ = common::finish(client, "the FTPS client", Duration::from_secs(30));
+        assert!(left.is_empty(), "{kind:?}: processes outlived the stopped server: {left:#?}");
+    }
+}
+
+#[test]
+fn a_dropped_mount_leaves_neither_its_mount_nor_its_daemon_behind() {
+    if !common::ready(Kind::Vsftpd) {
+        return;
+    }
+    let server = Server::start(Kind::Vsftpd);
+    let mount = Mount::start(&server);
+    let (tag, mountpoint) = (mount.tag.clone(), mount.mountpoint.clone());
+    assert!(!common::processes_tagged(&tag).is_empty(), "the tag marks the daemon");
+    drop(mount);
+    assert!(!common::is_mounted(&mountpoint));
+    assert_eq!(common::processes_tagged(&tag), [], "processes of the dropped mount");
+}
+
+#[test]
+fn a_background_mount_a_test_never_unmounts_is_unmounted_and_its_daemon_ended_by_its_guard() {
+    if !common::ready(Kind::Vsftpd) {
+        return;
+    }
+    let server = Server::start(Kind::Vsftpd);
+    let guard = BackgroundMount::new();
+    let mountpoint = guard.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mount point");
+    let out = common::run(
+        guard
+            .command()
+            .args(["mount", "--host", &server.host, "--port", &server.port.to_string(), "--ca-file"])
+            .arg(&server.ca_file)
+            .arg("--cache-dir")
+            .arg(guard.path().join("cache"))
+            .arg(&mountpoint),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "mount: {}", common::stderr_of(&out));
+    assert!(common::is_mounted(&mountpoint));
+    let tag = guard.tag().to_owned();
+    let daemons = common::processes_tagged(&tag);
+    assert_eq!(daemons.len(), 1, "the forked daemon carries the guard's tag: {daemons:#?}");
+    // As a test that fails before its `mastfs umount` would: the guard alone cleans up.
+    drop(guard);
+    assert!(!common::is_mounted(&mountpoint));
+    assert_eq!(common::processes_tagged(&tag), [], "processes of the background mount");
 }
 
 #[test]

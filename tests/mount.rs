@@ -308,16 +308,17 @@ fn implicit_ftps_mounts_and_reads() {
     assert!(mount.read("i.bin") == pattern_bytes(9, 0, (3 * MIB) as usize));
 }
 
-/// `mastfs mount` without --foreground: exit status and stderr as a user sees them.
+/// `mastfs mount` without --foreground: exit status and stderr as a user sees them. The
+/// guard unmounts and ends the daemon when dropped, even if the test fails before its umount.
 fn mount_in_background(
     server: &Server,
     args: &[&str],
     env: &[(&str, &str)],
-) -> (std::process::Output, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("dir");
+) -> (std::process::Output, BackgroundMount) {
+    let dir = BackgroundMount::new();
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).expect("mountpoint");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mastfs"));
+    let mut cmd = dir.command();
     cmd.args(["mount", "--host", &server.host, "--port", &server.port.to_string()])
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))

@@ -146,13 +146,14 @@ fn the_password_is_in_no_command_line_log_or_cache_file_and_the_cache_is_private
     let root = new_root();
     write_pattern_file(&root.path().join("secret.bin"), 31, 2 * (1 << 20) + 5);
     let server = Server::builder(Kind::Vsftpd).root(root.path()).with_user().start();
-    let dir = tempfile::tempdir().expect("scratch");
+    // Unmounts and ends the daemon if an assertion fails before the umount below.
+    let dir = BackgroundMount::new();
     let (mnt, cache, log) = (dir.path().join("mnt"), dir.path().join("cache"), dir.path().join("logs/mastfs.log"));
     fs::create_dir(&mnt).expect("mount point");
 
     // A background mount, as users run it, logging everything it can.
     let out = run(
-        Command::new(env!("CARGO_BIN_EXE_mastfs"))
+        dir.command()
             .args(["mount", "--host", &server.host, "--port", &server.port.to_string(), "--user", TEST_USER])
             .arg("--ca-file")
             .arg(&server.ca_file)

@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ use tempfile::TempDir;
 const FTPS_SERVER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ftps-server");
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Far beyond any one call into a mount in these tests: reaching it is a hang.
+const MOUNT_CALL_LIMIT: Duration = Duration::from_secs(180);
 const PASSWORD_ENV: &str = "MASTFS_TEST_FTP_PASSWORD";
 
 /// Default password user for servers built with [`ServerBuilder::with_user`].
@@ -313,8 +316,10 @@ impl ServerBuilder {
         let stderr = File::create(&stderr_path).expect("create the server's stderr file");
 
         // Through python3, so a checkout without exec bits still works.
+        let tag = new_tag("server");
         let mut cmd = Command::new("python3");
-        cmd.arg(FTPS_SERVER_SCRIPT)
+        cmd.env(TAG_ENV, &tag)
+            .arg(FTPS_SERVER_SCRIPT)
             .args(["--kind", self.kind.name(), "--watch-stdin", "--root"])
             .arg(&root)
             .args(["--port", &self.port.to_string()]);
@@ -382,10 +387,11 @@ impl ServerBuilder {
             log: info.log,
             protocol_log: info.protocol_log,
             pid: info.pid,
+            tag,
             implicit: self.implicit,
             tls: !self.plain,
             user: self.user.clone(),
-            child,
+            child: Some(child),
             stdin,
             stderr_path,
             _scratch: scratch,
@@ -412,11 +418,14 @@ pub struct Server {
     pub protocol_log: PathBuf,
     /// The server daemon's pid (e.g. to stop or kill it in fault tests).
     pub pid: u32,
+    /// The [`TAG_ENV`] value that the control script, the server and every process they fork
+    /// carry: see [`processes_tagged`].
+    pub tag: String,
     pub implicit: bool,
     pub tls: bool,
     /// (name, password) of the password user, if enabled.
     pub user: Option<(String, String)>,
-    child: Child,
+    child: Option<Child>,
     stdin: Option<ChildStdin>,
     stderr_path: PathBuf,
     _scratch: TempDir,
@@ -508,28 +517,72 @@ impl Server {
         cmd.output().expect("run curl")
     }
 
-    /// Stop the server now (Drop does the same).
-    pub fn stop(self) {}
-}
+    /// Waits until no client session of a forking server (vsftpd, pure-ftpd) is left, so that
+    /// everything those sessions log has been written. pyftpdlib serves in one process: it
+    /// logs each transfer as it ends, and this returns at once.
+    pub fn wait_for_sessions_to_end(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let sessions = descendants(self.pid);
+            if sessions.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{} sessions still running after {limit:?}: {sessions:?}", self.kind.name());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+    /// Stop the server now (Drop does the same, and fails the test if it had to kill a
+    /// process the server left behind).
+    pub fn stop(self) {}
+
+    /// Stops the server and returns the processes carrying its tag that were still running
+    /// once its control script had exited (they are killed). Empty when the server cleaned
+    /// up after itself, as it must.
+    pub fn stop_and_list_leftovers(mut self) -> Vec<Proc> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Vec<Proc> {
+        let Some(mut child) = self.child.take() else { return Vec::new() };
         // Closing stdin alone stops the script; SIGTERM makes it prompt.
         self.stdin.take();
-        let pid = self.child.id() as libc::pid_t;
+        let pid = child.id() as libc::pid_t;
         // SAFETY: signalling our own child, which has not been reaped yet.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut exited = false;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(_)) = child.try_wait() {
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            eprintln!("ftps-server did not stop within 30 s of SIGTERM; killing it. Its stderr:\n{}", self.stderr());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The script ends its server's whole tree before it exits: anything still carrying the
+        // tag escaped it.
+        reap_tagged(&self.tag, Duration::from_secs(2))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let left = self.shutdown();
+        if !left.is_empty() {
+            fail_unless_panicking(&format!(
+                "the {} test server left processes behind (now killed): {left:#?}",
+                self.kind.name()
+            ));
+        }
     }
 }
 
@@ -787,6 +840,238 @@ pub fn new_root() -> TempDir {
     root
 }
 
+// ------------------------------------------------------------------ processes the tests start
+
+/// Every server and mount that this module starts gets this variable in its environment, with
+/// a value of its own; every process it forks inherits it (vsftpd's and pure-ftpd's sessions,
+/// a daemonised mastfs, fusermount3). That marks the processes a test started, and only
+/// those: other people's servers on the same machine never carry it.
+pub const TAG_ENV: &str = "MASTFS_TEST_TAG";
+
+/// A tag no other server or mount of any test process uses.
+pub fn new_tag(what: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{what}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A live process, for messages about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub cmdline: String,
+}
+
+/// Live processes whose environment holds `key=value` (a zombie's environment is gone, so
+/// it is not listed: it has ended and only waits for its parent).
+pub fn processes_with_env(key: &str, value: &str) -> Vec<Proc> {
+    let want = format!("{key}={value}");
+    let own = std::process::id();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == own {
+            continue;
+        }
+        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim_end().to_owned();
+            found.push(Proc { pid, cmdline });
+        }
+    }
+    found
+}
+
+/// Live processes carrying [`TAG_ENV`]`=tag`.
+pub fn processes_tagged(tag: &str) -> Vec<Proc> {
+    processes_with_env(TAG_ENV, tag)
+}
+
+/// Gives the processes tagged `tag` up to `grace` to end by themselves, then kills the rest
+/// and waits for them to go. Returns the ones that had to be killed.
+pub fn reap_tagged(tag: &str, grace: Duration) -> Vec<Proc> {
+    let deadline = Instant::now() + grace;
+    let mut left = processes_tagged(tag);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        left = processes_tagged(tag);
+    }
+    if left.is_empty() {
+        return left;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = processes_tagged(tag);
+        if now.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("could not kill processes tagged {tag}: {now:?}");
+            break;
+        }
+        for p in &now {
+            // SAFETY: plain syscall; the tag marks processes this test started.
+            unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    left
+}
+
+/// Pids of every live descendant of `pid` (children, their children, ...).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // The command name may hold spaces and parentheses: fields start after the last ')'.
+            let mut fields = stat.rsplit(')').next()?.split_whitespace();
+            let state = fields.next()?;
+            let ppid = fields.next()?.parse().ok()?;
+            (state != "Z").then_some((p, ppid))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree.remove(0);
+    tree
+}
+
+/// Fails the test from a `Drop`, unless it is already failing (a second panic would abort).
+fn fail_unless_panicking(message: &str) {
+    if std::thread::panicking() {
+        eprintln!("{message}");
+    } else {
+        panic!("{message}");
+    }
+}
+
+/// Runs `f` on a thread of its own and returns its result, or fails the test if it is still
+/// running after `limit`: for calls into a mount (a plain `read` on a hung FUSE file system
+/// would block the test forever). The stuck thread ends once the mount is torn down.
+pub fn within<T: Send + 'static>(what: &str, limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} hung: still running after {limit:?}"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
+
+/// A scratch directory for `mastfs mount` run in the background, as users run it (the
+/// daemon forks away from the test). On drop, whatever is still mounted below the directory
+/// is unmounted and every process started with [`BackgroundMount::command`] has ended (the
+/// test fails if one had to be killed).
+pub struct BackgroundMount {
+    dir: TempDir,
+    tag: String,
+}
+
+impl BackgroundMount {
+    pub fn new() -> BackgroundMount {
+        let dir = tempfile::Builder::new().prefix("mastfs-bg-").tempdir().expect("scratch dir");
+        BackgroundMount { dir, tag: new_tag("bg-mount") }
+    }
+
+    /// The scratch directory (for the mount point, cache, logs).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The [`TAG_ENV`] value of the processes started with [`BackgroundMount::command`].
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// `mastfs` with this guard's tag in its environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mastfs"));
+        cmd.env(TAG_ENV, &self.tag);
+        cmd
+    }
+}
+
+impl Default for BackgroundMount {
+    fn default() -> Self {
+        BackgroundMount::new()
+    }
+}
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        let mounted = mounts_below(self.dir.path());
+        for mountpoint in &mounted {
+            unmount(mountpoint);
+        }
+        let left = reap_tagged(&self.tag, Duration::from_secs(10));
+        if !left.is_empty() {
+            fail_unless_panicking(&format!(
+                "background mastfs processes outlived their unmount (now killed): {left:#?}"
+            ));
+        }
+    }
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let mut text = String::new();
+    if File::open("/proc/self/mountinfo").and_then(|mut f| f.read_to_string(&mut text)).is_err() {
+        return Vec::new();
+    }
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(mountinfo_unescape)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+fn mountinfo_unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// `fusermount3 -u`, or a lazy unmount if the mount is busy.
+fn unmount(mountpoint: &Path) {
+    let ok =
+        Command::new("fusermount3").arg("-u").arg(mountpoint).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(mountpoint).stderr(Stdio::null()).status();
+    }
+}
+
 // ------------------------------------------------------------------ running tools
 
 /// Runs a command with a deadline, output captured and drained while it runs (a chatty
@@ -912,8 +1197,10 @@ impl<'a> MountBuilder<'a> {
         let stderr_path = scratch.path().join("stderr");
         let stderr = File::create(&stderr_path).expect("create the daemon's stderr file");
 
+        let tag = new_tag("mount");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mastfs"));
-        cmd.args(["mount", "--foreground", "--host", host])
+        cmd.env(TAG_ENV, &tag)
+            .args(["mount", "--foreground", "--host", host])
             .args(["--port", &port.to_string()])
             .arg("--cache-dir")
             .arg(&cache_dir);
@@ -948,9 +1235,11 @@ impl<'a> MountBuilder<'a> {
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             if is_mounted(&mountpoint) {
-                return Ok(Mount { mountpoint, cache_dir, child: Some(child), stderr_path, _scratch: scratch });
+                return Ok(Mount { mountpoint, cache_dir, child: Some(child), tag, stderr_path, _scratch: scratch });
             }
             if let Ok(Some(status)) = child.try_wait() {
+                let left = reap_tagged(&tag, Duration::from_secs(5));
+                assert!(left.is_empty(), "a mastfs mount that failed left processes behind: {left:#?}");
                 return Err(MountFailure {
                     exit_code: status.code(),
                     stderr: fs::read_to_string(&stderr_path).unwrap_or_default(),
@@ -960,6 +1249,7 @@ impl<'a> MountBuilder<'a> {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                reap_tagged(&tag, Duration::ZERO);
                 return Err(MountFailure {
                     exit_code: None,
                     stderr: format!(
@@ -994,6 +1284,8 @@ pub struct Mount {
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
     child: Option<Child>,
+    /// The [`TAG_ENV`] value of the daemon and everything it forks.
+    pub tag: String,
     stderr_path: PathBuf,
     _scratch: TempDir,
 }
@@ -1020,38 +1312,40 @@ impl Mount {
         self.mountpoint.join(rel.trim_start_matches('/'))
     }
 
+    /// The whole file `rel`; fails the test if the read fails or hangs.
     pub fn read(&self, rel: &str) -> Vec<u8> {
         let path = self.path(rel);
-        fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}\n{}", path.display(), self.stderr()))
+        let what = format!("read {}", path.display());
+        let result = within(&what, MOUNT_CALL_LIMIT, move || fs::read(&path));
+        result.unwrap_or_else(|e| panic!("{what}: {e}\n{}", self.stderr()))
     }
 
-    /// `len` bytes at `offset` of `rel` (fewer at end of file).
+    /// `len` bytes at `offset` of `rel` (fewer at end of file); fails the test if a read
+    /// fails or hangs.
     pub fn read_range(&self, rel: &str, offset: u64, len: usize) -> Vec<u8> {
         use std::os::unix::fs::FileExt;
         let path = self.path(rel);
-        let f = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            let n = f
-                .read_at(&mut buf[got..], offset + got as u64)
-                .unwrap_or_else(|e| panic!("pread {}: {e}\n{}", path.display(), self.stderr()));
-            if n == 0 {
-                break;
+        let what = format!("pread {} at {offset}", path.display());
+        let result = within(&what, MOUNT_CALL_LIMIT, move || -> std::io::Result<Vec<u8>> {
+            let f = File::open(&path)?;
+            let mut buf = vec![0u8; len];
+            let mut got = 0;
+            while got < len {
+                let n = f.read_at(&mut buf[got..], offset + got as u64)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
             }
-            got += n;
-        }
-        buf.truncate(got);
-        buf
+            buf.truncate(got);
+            Ok(buf)
+        });
+        result.unwrap_or_else(|e| panic!("{what}: {e}\n{}", self.stderr()))
     }
 
     /// `mastfs stats MOUNTPOINT`.
     pub fn stats(&self) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_mastfs"))
-            .arg("stats")
-            .arg(&self.mountpoint)
-            .output()
-            .expect("run mastfs stats")
+        run(Command::new(env!("CARGO_BIN_EXE_mastfs")).arg("stats").arg(&self.mountpoint), MOUNT_CALL_LIMIT)
     }
 
     /// The daemon's stderr so far.
@@ -1076,26 +1370,26 @@ impl Mount {
 
     fn teardown(&mut self) {
         if is_mounted(&self.mountpoint) {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mountpoint)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
-            }
+            unmount(&self.mountpoint);
         }
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        let Some(mut child) = self.child.take() else { return };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut exited = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                exited = true;
+                break;
             }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !exited {
+            eprintln!("mastfs did not exit within 20 s of its unmount; killing it. Its stderr:\n{}", self.stderr());
             let _ = child.kill();
             let _ = child.wait();
+        }
+        let left = reap_tagged(&self.tag, Duration::from_secs(5));
+        if !left.is_empty() {
+            fail_unless_panicking(&format!("the mastfs mount left processes behind (now killed): {left:#?}"));
         }
     }
 }
