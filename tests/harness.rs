@@ -341,6 +341,25 @@ fn a_background_mount_a_test_never_unmounts_is_unmounted_and_its_daemon_ended_by
 }
 
 #[test]
+fn a_read_from_a_mount_whose_daemon_stopped_answering_fails_instead_of_hanging_the_test() {
+    if !common::ready(Kind::Vsftpd) {
+        return;
+    }
+    let server = Server::start(Kind::Vsftpd);
+    common::write_file(&server.path("f.txt"), b"data\n");
+    let mount = Mount::builder(&server).hang_limit(Duration::from_secs(5)).start();
+    let pid = mount.pid().expect("daemon pid") as libc::pid_t;
+    // SAFETY: stopping the daemon this test started; the hang guard kills it later.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let path = mount.path("f.txt");
+    let read = common::within("a read from a stopped daemon", Duration::from_secs(60), move || std::fs::read(path));
+    let err = read.expect_err("nothing can answer this read");
+    // The kernel aborts the FUSE connection of a dead daemon: ECONNABORTED for a request in
+    // flight, ENOTCONN for one made after.
+    assert!(matches!(err.raw_os_error(), Some(libc::ECONNABORTED) | Some(libc::ENOTCONN)), "{err:?}");
+}
+
+#[test]
 fn pattern_bytes_of_a_range_equal_the_same_slice_of_the_whole_stream() {
     let whole = common::pattern_bytes(7, 0, 100);
     assert_eq!(common::pattern_bytes(7, 13, 50), whole[13..63]);

@@ -13,7 +13,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -23,6 +23,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Far beyond any one call into a mount in these tests: reaching it is a hang.
 const MOUNT_CALL_LIMIT: Duration = Duration::from_secs(180);
+/// Far beyond the time any test holds a mount: reaching it is a hang.
+const MOUNT_LIFETIME_LIMIT: Duration = Duration::from_secs(900);
 const PASSWORD_ENV: &str = "MASTFS_TEST_FTP_PASSWORD";
 
 /// Default password user for servers built with [`ServerBuilder::with_user`].
@@ -1124,6 +1126,7 @@ pub struct MountBuilder<'a> {
     ca: CaChoice,
     auth: Auth,
     env: Vec<(String, String)>,
+    hang_limit: Duration,
 }
 
 enum CaChoice {
@@ -1170,6 +1173,13 @@ impl<'a> MountBuilder<'a> {
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// After this long the mount counts as hung and its daemon is killed (default: 15
+    /// minutes, far beyond any test); see [`Mount`].
+    pub fn hang_limit(mut self, limit: Duration) -> Self {
+        self.hang_limit = limit;
         self
     }
 
@@ -1235,7 +1245,16 @@ impl<'a> MountBuilder<'a> {
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             if is_mounted(&mountpoint) {
-                return Ok(Mount { mountpoint, cache_dir, child: Some(child), tag, stderr_path, _scratch: scratch });
+                let hang_guard = HangGuard::start(child.id(), &mountpoint, self.hang_limit);
+                return Ok(Mount {
+                    mountpoint,
+                    cache_dir,
+                    child: Some(child),
+                    tag,
+                    hang_guard: Some(hang_guard),
+                    stderr_path,
+                    _scratch: scratch,
+                });
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let left = reap_tagged(&tag, Duration::from_secs(5));
@@ -1286,8 +1305,49 @@ pub struct Mount {
     child: Option<Child>,
     /// The [`TAG_ENV`] value of the daemon and everything it forks.
     pub tag: String,
+    hang_guard: Option<HangGuard>,
     stderr_path: PathBuf,
     _scratch: TempDir,
+}
+
+/// Turns a test that hangs on a mount into a failing one: a call into a FUSE mount (a plain
+/// `fs::read`, `ls`) blocks for as long as its daemon does not answer, and nothing else
+/// would end it. If the mount is still up after [`MOUNT_LIFETIME_LIMIT`], far longer than
+/// any test here holds one (or its [`MountBuilder::hang_limit`]), the daemon is killed: the kernel then fails every pending and
+/// later call on the mount (ENOTCONN), and the test fails where it was stuck.
+struct HangGuard {
+    /// The daemon's pid until teardown takes it back, so a reaped (and reusable) pid is never
+    /// signalled.
+    pid: Arc<Mutex<Option<u32>>>,
+    stop: mpsc::Sender<()>,
+}
+
+impl HangGuard {
+    fn start(pid: u32, mountpoint: &Path, limit: Duration) -> HangGuard {
+        let shared = Arc::new(Mutex::new(Some(pid)));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (for_thread, mountpoint) = (Arc::clone(&shared), mountpoint.to_path_buf());
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(limit) {
+                let pid = for_thread.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(pid) = *pid {
+                    eprintln!(
+                        "the mount at {} is still up after {limit:?}: the test hangs; killing its daemon",
+                        mountpoint.display()
+                    );
+                    // SAFETY: our own child, not yet reaped (teardown clears the pid first).
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+        });
+        HangGuard { pid: shared, stop }
+    }
+
+    /// Disarms the guard; after this it never signals the pid.
+    fn disarm(self) {
+        self.pid.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let _ = self.stop.send(());
+    }
 }
 
 impl Mount {
@@ -1299,6 +1359,7 @@ impl Mount {
             ca: CaChoice::Server,
             auth: Auth::Anonymous,
             env: Vec::new(),
+            hang_limit: MOUNT_LIFETIME_LIMIT,
         }
     }
 
@@ -1369,6 +1430,9 @@ impl Mount {
     }
 
     fn teardown(&mut self) {
+        if let Some(guard) = self.hang_guard.take() {
+            guard.disarm();
+        }
         if is_mounted(&self.mountpoint) {
             unmount(&self.mountpoint);
         }
