@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Auth, Kind, Server};
+use common::{Auth, BackgroundMount, Kind, Mount, Server};
 
 const MIB: u64 = 1 << 20;
 
@@ -152,7 +152,8 @@ fn a_tls_12_capped_server_refuses_tls_13_clients_and_serves_tls_12_ones() {
         let server = Server::builder(kind).tls_max_12().start();
         common::write_file(&server.path("a.txt"), b"twelve\n");
         let only13 = server.curl(Auth::Anonymous, &["--tlsv1.3"], "a.txt");
-        assert!(!only13.status.success(), "{kind:?} accepted TLS 1.3");
+        // 35: the TLS handshake failed (not a refused login or a missing file).
+        assert_eq!(only13.status.code(), Some(35), "{kind:?} and a TLS 1.3 client: {}", common::stderr_of(&only13));
         let v12 = server.curl(Auth::Anonymous, &["--tls-max", "1.2"], "a.txt");
         assert_eq!(ok_stdout(&v12, "TLS 1.2 download"), b"twelve\n", "{kind:?}");
     }
@@ -244,8 +245,125 @@ fn symlinks_inside_the_root_are_followed_and_those_leaving_it_are_not() {
         let via_link = server.curl(Auth::Anonymous, &[], "links/link_to_file");
         assert_eq!(ok_stdout(&via_link, "link_to_file"), b"symlink target\n", "{kind:?}");
         let escape = server.curl(Auth::Anonymous, &[], "links/escape");
-        assert!(!escape.status.success(), "{kind:?} served a file outside its root");
+        // 78: the server answered that the file does not exist (not a connection or TLS failure).
+        assert_eq!(
+            escape.status.code(),
+            Some(78),
+            "{kind:?} and a link out of its root: {}",
+            common::stderr_of(&escape)
+        );
     }
+}
+
+/// An FTPS client that logs in and then holds its session until its stdin closes: vsftpd
+/// moves a logged-in session into a process session of its own, out of the server's group.
+const HOLD_A_SESSION: &str = r#"
+import ftplib, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+ftp = ftplib.FTP_TLS(context=ctx, timeout=30)
+ftp.connect(sys.argv[1], int(sys.argv[2]))
+ftp.auth()
+ftp.login()
+ftp.prot_p()
+print(ftp.pwd(), flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn every_server_kind_ends_all_its_processes_when_stopped_with_a_client_logged_in() {
+    for kind in Kind::ALL {
+        if !common::require_server(kind) {
+            continue;
+        }
+        let server = Server::start(kind);
+        let mut client = Command::new("python3")
+            .args(["-c", HOLD_A_SESSION, &server.host, &server.port.to_string()])
+            .arg(&server.ca_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the FTPS client");
+        let stdout = client.stdout.take().expect("piped stdout");
+        let logged_in = common::within("the client's login", Duration::from_secs(60), move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        });
+        let logged_in = logged_in.expect("read the client's stdout");
+        assert!(logged_in.starts_with('/'), "{kind:?}: the client did not log in: {logged_in:?}");
+        let running = common::processes_tagged(&server.tag);
+        // The control script and the server, plus at least one session where the server forks.
+        let least = if kind == Kind::Pyftpdlib { 2 } else { 3 };
+        assert!(running.len() >= least, "{kind:?}: the tag marks the server's processes: {running:#?}");
+
+        let left = server.stop_and_list_leftovers();
+        drop(client.stdin.take());
+        let _ = common::finish(client, "the FTPS client", Duration::from_secs(30));
+        assert!(left.is_empty(), "{kind:?}: processes outlived the stopped server: {left:#?}");
+    }
+}
+
+#[test]
+fn a_dropped_mount_leaves_neither_its_mount_nor_its_daemon_behind() {
+    if !common::ready(Kind::Vsftpd) {
+        return;
+    }
+    let server = Server::start(Kind::Vsftpd);
+    let mount = Mount::start(&server);
+    let (tag, mountpoint) = (mount.tag.clone(), mount.mountpoint.clone());
+    assert!(!common::processes_tagged(&tag).is_empty(), "the tag marks the daemon");
+    drop(mount);
+    assert!(!common::is_mounted(&mountpoint));
+    assert_eq!(common::processes_tagged(&tag), [], "processes of the dropped mount");
+}
+
+#[test]
+fn a_background_mount_a_test_never_unmounts_is_unmounted_and_its_daemon_ended_by_its_guard() {
+    if !common::ready(Kind::Vsftpd) {
+        return;
+    }
+    let server = Server::start(Kind::Vsftpd);
+    let guard = BackgroundMount::new();
+    let mountpoint = guard.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mount point");
+    let out = common::run(
+        guard
+            .command()
+            .args(["mount", "--host", &server.host, "--port", &server.port.to_string(), "--ca-file"])
+            .arg(&server.ca_file)
+            .arg("--cache-dir")
+            .arg(guard.path().join("cache"))
+            .arg(&mountpoint),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "mount: {}", common::stderr_of(&out));
+    assert!(common::is_mounted(&mountpoint));
+    let tag = guard.tag().to_owned();
+    let daemons = common::processes_tagged(&tag);
+    assert_eq!(daemons.len(), 1, "the forked daemon carries the guard's tag: {daemons:#?}");
+    // As a test that fails before its `mastfs umount` would: the guard alone cleans up.
+    drop(guard);
+    assert!(!common::is_mounted(&mountpoint));
+    assert_eq!(common::processes_tagged(&tag), [], "processes of the background mount");
+}
+
+#[test]
+fn a_read_from_a_mount_whose_daemon_stopped_answering_fails_instead_of_hanging_the_test() {
+    if !common::ready(Kind::Vsftpd) {
+        return;
+    }
+    let server = Server::start(Kind::Vsftpd);
+    common::write_file(&server.path("f.txt"), b"data\n");
+    let mount = Mount::builder(&server).hang_limit(Duration::from_secs(5)).start();
+    let pid = mount.pid().expect("daemon pid") as libc::pid_t;
+    // SAFETY: stopping the daemon this test started; the hang guard kills it later.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let path = mount.path("f.txt");
+    let read = common::within("a read from a stopped daemon", Duration::from_secs(60), move || std::fs::read(path));
+    let err = read.expect_err("nothing can answer this read");
+    // The kernel aborts the FUSE connection of a dead daemon: ECONNABORTED for a request in
+    // flight, ENOTCONN for one made after.
+    assert!(matches!(err.raw_os_error(), Some(libc::ECONNABORTED) | Some(libc::ENOTCONN)), "{err:?}");
 }
 
 #[test]

@@ -49,7 +49,9 @@ fn an_unknown_ca_refuses_the_mount_before_any_credential_is_sent() {
     };
     let line = refusal_line(&failure.stderr);
     assert!(line.contains("certificate"), "a clear reason: {}", failure.stderr);
-    let log = fs::read_to_string(&server.protocol_log).unwrap_or_default();
+    let log = fs::read_to_string(&server.protocol_log).expect("the server's protocol log");
+    // The log holds this very attempt (an empty or unrelated log would prove nothing).
+    assert!(log.contains("\"AUTH TLS\""), "the server logged mastfs asking for TLS:\n{log}");
     assert!(!log.contains("USER") && !log.contains(TEST_PASSWORD), "credentials reached the server:\n{log}");
 }
 
@@ -71,7 +73,8 @@ fn a_host_name_the_certificate_does_not_cover_refuses_the_mount() {
     assert!(relay.stats().control_connections > 0, "the attempt went through the relay");
     let line = refusal_line(&failure.stderr);
     assert!(line.contains("certificate"), "a clear reason: {}", failure.stderr);
-    let log = fs::read_to_string(&server.protocol_log).unwrap_or_default();
+    let log = fs::read_to_string(&server.protocol_log).expect("the server's protocol log");
+    assert!(log.contains("\"AUTH TLS\""), "the server logged mastfs asking for TLS through the relay:\n{log}");
     assert!(!log.contains("USER"), "a login was attempted over an unverified connection:\n{log}");
 
     // The name the certificate does carry mounts.
@@ -146,13 +149,14 @@ fn the_password_is_in_no_command_line_log_or_cache_file_and_the_cache_is_private
     let root = new_root();
     write_pattern_file(&root.path().join("secret.bin"), 31, 2 * (1 << 20) + 5);
     let server = Server::builder(Kind::Vsftpd).root(root.path()).with_user().start();
-    let dir = tempfile::tempdir().expect("scratch");
+    // Unmounts and ends the daemon if an assertion fails before the umount below.
+    let dir = BackgroundMount::new();
     let (mnt, cache, log) = (dir.path().join("mnt"), dir.path().join("cache"), dir.path().join("logs/mastfs.log"));
     fs::create_dir(&mnt).expect("mount point");
 
     // A background mount, as users run it, logging everything it can.
     let out = run(
-        Command::new(env!("CARGO_BIN_EXE_mastfs"))
+        dir.command()
             .args(["mount", "--host", &server.host, "--port", &server.port.to_string(), "--user", TEST_USER])
             .arg("--ca-file")
             .arg(&server.ca_file)

@@ -88,8 +88,12 @@ impl Drop for Armed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{ErrorKind, Read, Write};
     use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// Far beyond any deadline armed here: a read still blocked after this has no deadline.
+    const HANG: Duration = Duration::from_secs(30);
 
     fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -98,25 +102,63 @@ mod tests {
         (client, server)
     }
 
+    /// One read on `socket` in a thread of its own, bounded from outside: a read that is still
+    /// blocked after [`HANG`] fails the test instead of hanging it (the socket is then shut down
+    /// here so that the thread ends too).
+    fn read_bounded(socket: &TcpStream) -> std::io::Result<Vec<u8>> {
+        let mut reader = socket.try_clone().expect("clone the socket");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let _ = tx.send(reader.read(&mut buf).map(|n| buf[..n].to_vec()));
+        });
+        match rx.recv_timeout(HANG) {
+            Ok(result) => result,
+            Err(_) => {
+                let _ = socket.shutdown(Shutdown::Both);
+                panic!("the read was still blocked after {HANG:?}: no deadline ended it");
+            }
+        }
+    }
+
     #[test]
     fn a_read_still_blocked_at_the_deadline_fails() {
-        let (mut client, _server) = pair();
+        let (client, _server) = pair();
         let _armed = arm(&client, Duration::from_millis(200));
-        let started = Instant::now();
-        let mut buf = [0u8; 1];
-        assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)), "the read ends instead of blocking");
-        assert!(started.elapsed() < Duration::from_secs(10));
+        // The peer never writes: only the watchdog can end this read.
+        let got = read_bounded(&client);
+        assert!(matches!(&got, Ok(bytes) if bytes.is_empty()) || got.is_err(), "want end of stream, got {got:?}");
+        // The socket was shut down, not merely read to an end: writing fails too.
+        let mut c = &client;
+        let err = c.write_all(b"x").and_then(|()| c.flush()).expect_err("a shut-down socket refuses writes");
+        assert_eq!(err.kind(), ErrorKind::BrokenPipe, "{err:?}");
+    }
+
+    #[test]
+    fn an_armed_deadline_that_has_not_passed_leaves_the_socket_alone() {
+        let (client, mut server) = pair();
+        let _armed = arm(&client, HANG * 2);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            server.write_all(b"reply").expect("write");
+            server
+        });
+        assert_eq!(read_bounded(&client).expect("read"), b"reply");
+        let _server = writer.join().expect("writer");
     }
 
     #[test]
     fn a_disarmed_deadline_leaves_the_socket_alone() {
         let (client, mut server) = pair();
         drop(arm(&client, Duration::from_millis(50)));
+        // Well past the disarmed deadline: a watchdog that forgot the disarm has fired by now.
         std::thread::sleep(Duration::from_millis(300));
         let mut c = &client;
-        std::io::Write::write_all(&mut c, b"x").expect("socket still open");
+        c.write_all(b"x").expect("socket still open");
         let mut buf = [0u8; 1];
         server.read_exact(&mut buf).expect("read");
         assert_eq!(&buf, b"x");
+        server.write_all(b"y").expect("write back");
+        assert_eq!(read_bounded(&client).expect("read"), b"y", "reads still work");
     }
 }

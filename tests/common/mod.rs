@@ -12,7 +12,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -20,6 +21,10 @@ use tempfile::TempDir;
 const FTPS_SERVER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ftps-server");
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Far beyond any one call into a mount in these tests: reaching it is a hang.
+const MOUNT_CALL_LIMIT: Duration = Duration::from_secs(180);
+/// Far beyond the time any test holds a mount: reaching it is a hang.
+const MOUNT_LIFETIME_LIMIT: Duration = Duration::from_secs(900);
 const PASSWORD_ENV: &str = "MASTFS_TEST_FTP_PASSWORD";
 
 /// Default password user for servers built with [`ServerBuilder::with_user`].
@@ -31,21 +36,55 @@ pub const TEST_PASSWORD: &str = "s3cret pass;word";
 /// How the synthetic over-long names of [`ServerBuilder::overlong_name`] begins.
 pub const OVERLONG_NAME_PREFIX: &str = "overlong-";
 
-/// `CI=true`: the real-server and FUSE tests must run, and fail if they cannot.
+/// Set to `1` to let a test whose server, FUSE or tool is missing skip instead of failing
+/// (`scripts/test --allow-skip` sets it). Without it every test runs or fails.
+pub const ALLOW_SKIP_ENV: &str = "MASTFS_TEST_ALLOW_SKIP";
+/// A file that each skipping test appends one line to (`binary<TAB>test<TAB>reason`):
+/// `scripts/test` counts skipped tests from it, apart from the passed ones.
+pub const SKIP_LOG_ENV: &str = "MASTFS_TEST_SKIP_LOG";
+
+/// `CI=true`: nothing may be skipped, whatever [`ALLOW_SKIP_ENV`] says.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// Whether a missing requirement may skip a test: only when asked for explicitly, never on CI.
+pub fn skipping_allowed() -> bool {
+    !ci() && std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1")
+}
+
 fn skip_or_panic(what: &str, reason: &str) -> bool {
-    if ci() {
-        panic!("CI=true but {what} is unavailable: {reason}. Run scripts/install-deps.");
+    if !skipping_allowed() {
+        panic!(
+            "{what} is unavailable: {reason}. Install what the tests need with `scripts/install-deps` (as root), \
+             or skip such tests explicitly with {ALLOW_SKIP_ENV}=1 (`scripts/test --allow-skip`)."
+        );
     }
-    eprintln!("SKIPPED: {what} is unavailable ({reason}); set CI=true to make this a failure");
+    record_skip(&format!("{what} is unavailable: {reason}"));
+    eprintln!("SKIPPED: {what} is unavailable ({reason}); {ALLOW_SKIP_ENV}=1 allowed the skip");
     false
 }
 
-/// True when FUSE mounts can be made here. Without it: skips (prints why), or
-/// panics under `CI=true`.
+/// Appends this test to the skip log, so the run's closing line counts it as skipped, not passed.
+fn record_skip(reason: &str) {
+    let Some(log) = std::env::var_os(SKIP_LOG_ENV).filter(|v| !v.is_empty()) else { return };
+    // libtest runs each test on a thread named after the test.
+    let test = std::thread::current().name().unwrap_or("unknown").to_owned();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let line = format!("{binary}\t{test}\t{}\n", reason.replace(['\t', '\n'], " "));
+    // One short O_APPEND write per line: lines from parallel tests never interleave.
+    let written =
+        fs::OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        panic!("cannot record a skipped test in {}: {e}", PathBuf::from(log).display());
+    }
+}
+
+/// True when FUSE mounts can be made here. Without it the test fails with the reason, or
+/// skips (returns false) when [`skipping_allowed`].
 pub fn require_fuse() -> bool {
     static STATE: OnceLock<Result<(), String>> = OnceLock::new();
     let state = STATE.get_or_init(|| {
@@ -66,8 +105,8 @@ pub fn require_fuse() -> bool {
     }
 }
 
-/// True when a server of `kind` can be started here. Without it: skips (prints
-/// why), or panics under `CI=true`.
+/// True when a server of `kind` can be started here. Without it the test fails with the
+/// reason, or skips (returns false) when [`skipping_allowed`].
 pub fn require_server(kind: Kind) -> bool {
     static STATE: OnceLock<Mutex<HashMap<Kind, Result<(), String>>>> = OnceLock::new();
     let map = STATE.get_or_init(|| Mutex::new(HashMap::new()));
@@ -81,7 +120,8 @@ pub fn require_server(kind: Kind) -> bool {
     }
 }
 
-/// True when `program` is on PATH (e.g. curl for the harness's own checks).
+/// True when `program` is on PATH (e.g. curl for the harness's own checks). Without it the
+/// test fails, or skips when [`skipping_allowed`].
 pub fn require_program(program: &str) -> bool {
     match find_program(program) {
         Some(_) => true,
@@ -290,8 +330,10 @@ impl ServerBuilder {
         let stderr = File::create(&stderr_path).expect("create the server's stderr file");
 
         // Through python3, so a checkout without exec bits still works.
+        let tag = new_tag("server");
         let mut cmd = Command::new("python3");
-        cmd.arg(FTPS_SERVER_SCRIPT)
+        cmd.env(TAG_ENV, &tag)
+            .arg(FTPS_SERVER_SCRIPT)
             .args(["--kind", self.kind.name(), "--watch-stdin", "--root"])
             .arg(&root)
             .args(["--port", &self.port.to_string()]);
@@ -350,33 +392,23 @@ impl ServerBuilder {
                 );
             }
         };
-        let info = parse_flat_json(&line).unwrap_or_else(|| panic!("ftps-server printed unparsable JSON: {line}"));
-        let field = |k: &str| -> String {
-            match info.get(k) {
-                Some(Json::Str(s)) => s.clone(),
-                other => panic!("ftps-server JSON field {k:?} is {other:?}: {line}"),
-            }
-        };
-        let num = |k: &str| -> u64 {
-            match info.get(k) {
-                Some(Json::Num(n)) => *n as u64,
-                other => panic!("ftps-server JSON field {k:?} is {other:?}: {line}"),
-            }
-        };
+        let info: ReadyLine = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("ftps-server printed a ready line mastfs tests cannot read ({e}): {line}"));
         Server {
             kind: self.kind,
-            host: field("host"),
-            port: u16::try_from(num("port")).expect("port fits u16"),
-            ca_file: PathBuf::from(field("ca_file")),
-            wrong_ca_file: PathBuf::from(field("wrong_ca_file")),
-            root: PathBuf::from(field("root")),
-            log: PathBuf::from(field("log")),
-            protocol_log: PathBuf::from(field("protocol_log")),
-            pid: u32::try_from(num("pid")).expect("pid fits u32"),
+            host: info.host,
+            port: info.port,
+            ca_file: info.ca_file,
+            wrong_ca_file: info.wrong_ca_file,
+            root: info.root,
+            log: info.log,
+            protocol_log: info.protocol_log,
+            pid: info.pid,
+            tag,
             implicit: self.implicit,
             tls: !self.plain,
             user: self.user.clone(),
-            child,
+            child: Some(child),
             stdin,
             stderr_path,
             _scratch: scratch,
@@ -403,11 +435,14 @@ pub struct Server {
     pub protocol_log: PathBuf,
     /// The server daemon's pid (e.g. to stop or kill it in fault tests).
     pub pid: u32,
+    /// The [`TAG_ENV`] value that the control script, the server and every process they fork
+    /// carry: see [`processes_tagged`].
+    pub tag: String,
     pub implicit: bool,
     pub tls: bool,
     /// (name, password) of the password user, if enabled.
     pub user: Option<(String, String)>,
-    child: Child,
+    child: Option<Child>,
     stdin: Option<ChildStdin>,
     stderr_path: PathBuf,
     _scratch: TempDir,
@@ -500,28 +535,72 @@ impl Server {
         cmd.output().expect("run curl")
     }
 
-    /// Stop the server now (Drop does the same).
-    pub fn stop(self) {}
-}
+    /// Waits until no client session of a forking server (vsftpd, pure-ftpd) is left, so that
+    /// everything those sessions log has been written. pyftpdlib serves in one process: it
+    /// logs each transfer as it ends, and this returns at once.
+    pub fn wait_for_sessions_to_end(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let sessions = descendants(self.pid);
+            if sessions.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{} sessions still running after {limit:?}: {sessions:?}", self.kind.name());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+    /// Stop the server now (Drop does the same, and fails the test if it had to kill a
+    /// process the server left behind).
+    pub fn stop(self) {}
+
+    /// Stops the server and returns the processes carrying its tag that were still running
+    /// once its control script had exited (they are killed). Empty when the server cleaned
+    /// up after itself, as it must.
+    pub fn stop_and_list_leftovers(mut self) -> Vec<Proc> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Vec<Proc> {
+        let Some(mut child) = self.child.take() else { return Vec::new() };
         // Closing stdin alone stops the script; SIGTERM makes it prompt.
         self.stdin.take();
-        let pid = self.child.id() as libc::pid_t;
+        let pid = child.id() as libc::pid_t;
         // SAFETY: signalling our own child, which has not been reaped yet.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut exited = false;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(_)) = child.try_wait() {
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            eprintln!("ftps-server did not stop within 30 s of SIGTERM; killing it. Its stderr:\n{}", self.stderr());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The script ends its server's whole tree before it exits: anything still carrying the
+        // tag escaped it.
+        reap_tagged(&self.tag, Duration::from_secs(2))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let left = self.shutdown();
+        if !left.is_empty() {
+            fail_unless_panicking(&format!(
+                "the {} test server left processes behind (now killed): {left:#?}",
+                self.kind.name()
+            ));
+        }
     }
 }
 
@@ -554,96 +633,17 @@ pub fn url_path_encode(path: &str) -> String {
     out
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Str(String),
-    Num(f64),
-    Bool(bool),
-    Null,
-}
-
-/// Parses the one-level JSON object that ftps-server prints.
-fn parse_flat_json(text: &str) -> Option<HashMap<String, Json>> {
-    let mut chars = text.trim().chars().peekable();
-    let mut out = HashMap::new();
-    let skip_ws = |c: &mut std::iter::Peekable<std::str::Chars>| {
-        while c.peek().is_some_and(|ch| ch.is_whitespace()) {
-            c.next();
-        }
-    };
-    fn string(c: &mut std::iter::Peekable<std::str::Chars>) -> Option<String> {
-        if c.next()? != '"' {
-            return None;
-        }
-        let mut s = String::new();
-        loop {
-            match c.next()? {
-                '"' => return Some(s),
-                '\\' => match c.next()? {
-                    'n' => s.push('\n'),
-                    't' => s.push('\t'),
-                    'r' => s.push('\r'),
-                    'b' => s.push('\u{8}'),
-                    'f' => s.push('\u{c}'),
-                    'u' => {
-                        let hex: String = (0..4).filter_map(|_| c.next()).collect();
-                        let mut code = u32::from_str_radix(&hex, 16).ok()?;
-                        if (0xD800..0xDC00).contains(&code) {
-                            // A surrogate pair: \uD8xx\uDCxx.
-                            if c.next()? != '\\' || c.next()? != 'u' {
-                                return None;
-                            }
-                            let hex: String = (0..4).filter_map(|_| c.next()).collect();
-                            let low = u32::from_str_radix(&hex, 16).ok()?;
-                            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
-                        }
-                        s.push(char::from_u32(code)?);
-                    }
-                    other => s.push(other),
-                },
-                ch => s.push(ch),
-            }
-        }
-    }
-    skip_ws(&mut chars);
-    if chars.next()? != '{' {
-        return None;
-    }
-    loop {
-        skip_ws(&mut chars);
-        if chars.peek() == Some(&'}') {
-            break;
-        }
-        let key = string(&mut chars)?;
-        skip_ws(&mut chars);
-        if chars.next()? != ':' {
-            return None;
-        }
-        skip_ws(&mut chars);
-        let value = match chars.peek()? {
-            '"' => Json::Str(string(&mut chars)?),
-            _ => {
-                let mut word = String::new();
-                while chars.peek().is_some_and(|c| !matches!(c, ',' | '}') && !c.is_whitespace()) {
-                    word.push(chars.next()?);
-                }
-                match word.as_str() {
-                    "true" => Json::Bool(true),
-                    "false" => Json::Bool(false),
-                    "null" => Json::Null,
-                    n => Json::Num(n.parse().ok()?),
-                }
-            }
-        };
-        out.insert(key, value);
-        skip_ws(&mut chars);
-        match chars.next()? {
-            ',' => continue,
-            '}' => break,
-            _ => return None,
-        }
-    }
-    Some(out)
+/// The line `scripts/ftps-server` prints once its server listens (other fields are ignored).
+#[derive(Debug, serde::Deserialize)]
+struct ReadyLine {
+    host: String,
+    port: u16,
+    ca_file: PathBuf,
+    wrong_ca_file: PathBuf,
+    root: PathBuf,
+    log: PathBuf,
+    protocol_log: PathBuf,
+    pid: u32,
 }
 
 // ------------------------------------------------------------------ test data
@@ -845,7 +845,8 @@ pub fn fits_header(cards: &[(&str, &str)]) -> Vec<u8> {
     h.into_bytes()
 }
 
-/// FUSE and a server of `kind` are both available (or the test is skipped; fails under CI).
+/// FUSE and a server of `kind` are both available. Otherwise the test fails with the reason,
+/// or skips (returns false) when [`skipping_allowed`].
 pub fn ready(kind: Kind) -> bool {
     require_fuse() && require_server(kind)
 }
@@ -855,6 +856,238 @@ pub fn new_root() -> TempDir {
     let root = tempfile::Builder::new().prefix("mastfs-root-").tempdir().expect("root dir");
     set_mode(root.path(), 0o755);
     root
+}
+
+// ------------------------------------------------------------------ processes the tests start
+
+/// Every server and mount that this module starts gets this variable in its environment, with
+/// a value of its own; every process it forks inherits it (vsftpd's and pure-ftpd's sessions,
+/// a daemonised mastfs, fusermount3). That marks the processes a test started, and only
+/// those: other people's servers on the same machine never carry it.
+pub const TAG_ENV: &str = "MASTFS_TEST_TAG";
+
+/// A tag no other server or mount of any test process uses.
+pub fn new_tag(what: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{what}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A live process, for messages about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub cmdline: String,
+}
+
+/// Live processes whose environment holds `key=value` (a zombie's environment is gone, so
+/// it is not listed: it has ended and only waits for its parent).
+pub fn processes_with_env(key: &str, value: &str) -> Vec<Proc> {
+    let want = format!("{key}={value}");
+    let own = std::process::id();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == own {
+            continue;
+        }
+        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if environ.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim_end().to_owned();
+            found.push(Proc { pid, cmdline });
+        }
+    }
+    found
+}
+
+/// Live processes carrying [`TAG_ENV`]`=tag`.
+pub fn processes_tagged(tag: &str) -> Vec<Proc> {
+    processes_with_env(TAG_ENV, tag)
+}
+
+/// Gives the processes tagged `tag` up to `grace` to end by themselves, then kills the rest
+/// and waits for them to go. Returns the ones that had to be killed.
+pub fn reap_tagged(tag: &str, grace: Duration) -> Vec<Proc> {
+    let deadline = Instant::now() + grace;
+    let mut left = processes_tagged(tag);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        left = processes_tagged(tag);
+    }
+    if left.is_empty() {
+        return left;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = processes_tagged(tag);
+        if now.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("could not kill processes tagged {tag}: {now:?}");
+            break;
+        }
+        for p in &now {
+            // SAFETY: plain syscall; the tag marks processes this test started.
+            unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    left
+}
+
+/// Pids of every live descendant of `pid` (children, their children, ...).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // The command name may hold spaces and parentheses: fields start after the last ')'.
+            let mut fields = stat.rsplit(')').next()?.split_whitespace();
+            let state = fields.next()?;
+            let ppid = fields.next()?.parse().ok()?;
+            (state != "Z").then_some((p, ppid))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree.remove(0);
+    tree
+}
+
+/// Fails the test from a `Drop`, unless it is already failing (a second panic would abort).
+fn fail_unless_panicking(message: &str) {
+    if std::thread::panicking() {
+        eprintln!("{message}");
+    } else {
+        panic!("{message}");
+    }
+}
+
+/// Runs `f` on a thread of its own and returns its result, or fails the test if it is still
+/// running after `limit`: for calls into a mount (a plain `read` on a hung FUSE file system
+/// would block the test forever). The stuck thread ends once the mount is torn down.
+pub fn within<T: Send + 'static>(what: &str, limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what} hung: still running after {limit:?}"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
+
+/// A scratch directory for `mastfs mount` run in the background, as users run it (the
+/// daemon forks away from the test). On drop, whatever is still mounted below the directory
+/// is unmounted and every process started with [`BackgroundMount::command`] has ended (the
+/// test fails if one had to be killed).
+pub struct BackgroundMount {
+    dir: TempDir,
+    tag: String,
+}
+
+impl BackgroundMount {
+    pub fn new() -> BackgroundMount {
+        let dir = tempfile::Builder::new().prefix("mastfs-bg-").tempdir().expect("scratch dir");
+        BackgroundMount { dir, tag: new_tag("bg-mount") }
+    }
+
+    /// The scratch directory (for the mount point, cache, logs).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The [`TAG_ENV`] value of the processes started with [`BackgroundMount::command`].
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// `mastfs` with this guard's tag in its environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mastfs"));
+        cmd.env(TAG_ENV, &self.tag);
+        cmd
+    }
+}
+
+impl Default for BackgroundMount {
+    fn default() -> Self {
+        BackgroundMount::new()
+    }
+}
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        let mounted = mounts_below(self.dir.path());
+        for mountpoint in &mounted {
+            unmount(mountpoint);
+        }
+        let left = reap_tagged(&self.tag, Duration::from_secs(10));
+        if !left.is_empty() {
+            fail_unless_panicking(&format!(
+                "background mastfs processes outlived their unmount (now killed): {left:#?}"
+            ));
+        }
+    }
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let mut text = String::new();
+    if File::open("/proc/self/mountinfo").and_then(|mut f| f.read_to_string(&mut text)).is_err() {
+        return Vec::new();
+    }
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(mountinfo_unescape)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+fn mountinfo_unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// `fusermount3 -u`, or a lazy unmount if the mount is busy.
+fn unmount(mountpoint: &Path) {
+    let ok =
+        Command::new("fusermount3").arg("-u").arg(mountpoint).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(mountpoint).stderr(Stdio::null()).status();
+    }
 }
 
 // ------------------------------------------------------------------ running tools
@@ -909,6 +1142,7 @@ pub struct MountBuilder<'a> {
     ca: CaChoice,
     auth: Auth,
     env: Vec<(String, String)>,
+    hang_limit: Duration,
 }
 
 enum CaChoice {
@@ -958,6 +1192,13 @@ impl<'a> MountBuilder<'a> {
         self
     }
 
+    /// After this long the mount counts as hung and its daemon is killed (default: 15
+    /// minutes, far beyond any test); see [`Mount`].
+    pub fn hang_limit(mut self, limit: Duration) -> Self {
+        self.hang_limit = limit;
+        self
+    }
+
     /// Mount; panics with the daemon's stderr if the mount does not appear.
     pub fn start(self) -> Mount {
         match self.try_start() {
@@ -982,8 +1223,10 @@ impl<'a> MountBuilder<'a> {
         let stderr_path = scratch.path().join("stderr");
         let stderr = File::create(&stderr_path).expect("create the daemon's stderr file");
 
+        let tag = new_tag("mount");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mastfs"));
-        cmd.args(["mount", "--foreground", "--host", host])
+        cmd.env(TAG_ENV, &tag)
+            .args(["mount", "--foreground", "--host", host])
             .args(["--port", &port.to_string()])
             .arg("--cache-dir")
             .arg(&cache_dir);
@@ -1018,9 +1261,20 @@ impl<'a> MountBuilder<'a> {
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             if is_mounted(&mountpoint) {
-                return Ok(Mount { mountpoint, cache_dir, child: Some(child), stderr_path, _scratch: scratch });
+                let hang_guard = HangGuard::start(child.id(), &mountpoint, self.hang_limit);
+                return Ok(Mount {
+                    mountpoint,
+                    cache_dir,
+                    child: Some(child),
+                    tag,
+                    hang_guard: Some(hang_guard),
+                    stderr_path,
+                    _scratch: scratch,
+                });
             }
             if let Ok(Some(status)) = child.try_wait() {
+                let left = reap_tagged(&tag, Duration::from_secs(5));
+                assert!(left.is_empty(), "a mastfs mount that failed left processes behind: {left:#?}");
                 return Err(MountFailure {
                     exit_code: status.code(),
                     stderr: fs::read_to_string(&stderr_path).unwrap_or_default(),
@@ -1030,6 +1284,7 @@ impl<'a> MountBuilder<'a> {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                reap_tagged(&tag, Duration::ZERO);
                 return Err(MountFailure {
                     exit_code: None,
                     stderr: format!(
@@ -1064,8 +1319,51 @@ pub struct Mount {
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
     child: Option<Child>,
+    /// The [`TAG_ENV`] value of the daemon and everything it forks.
+    pub tag: String,
+    hang_guard: Option<HangGuard>,
     stderr_path: PathBuf,
     _scratch: TempDir,
+}
+
+/// Turns a test that hangs on a mount into a failing one: a call into a FUSE mount (a plain
+/// `fs::read`, `ls`) blocks for as long as its daemon does not answer, and nothing else
+/// would end it. If the mount is still up after [`MOUNT_LIFETIME_LIMIT`], far longer than
+/// any test here holds one (or its [`MountBuilder::hang_limit`]), the daemon is killed: the kernel then fails every pending and
+/// later call on the mount (ENOTCONN), and the test fails where it was stuck.
+struct HangGuard {
+    /// The daemon's pid until teardown takes it back, so a reaped (and reusable) pid is never
+    /// signalled.
+    pid: Arc<Mutex<Option<u32>>>,
+    stop: mpsc::Sender<()>,
+}
+
+impl HangGuard {
+    fn start(pid: u32, mountpoint: &Path, limit: Duration) -> HangGuard {
+        let shared = Arc::new(Mutex::new(Some(pid)));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (for_thread, mountpoint) = (Arc::clone(&shared), mountpoint.to_path_buf());
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(limit) {
+                let pid = for_thread.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(pid) = *pid {
+                    eprintln!(
+                        "the mount at {} is still up after {limit:?}: the test hangs; killing its daemon",
+                        mountpoint.display()
+                    );
+                    // SAFETY: our own child, not yet reaped (teardown clears the pid first).
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+        });
+        HangGuard { pid: shared, stop }
+    }
+
+    /// Disarms the guard; after this it never signals the pid.
+    fn disarm(self) {
+        self.pid.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let _ = self.stop.send(());
+    }
 }
 
 impl Mount {
@@ -1077,6 +1375,7 @@ impl Mount {
             ca: CaChoice::Server,
             auth: Auth::Anonymous,
             env: Vec::new(),
+            hang_limit: MOUNT_LIFETIME_LIMIT,
         }
     }
 
@@ -1090,38 +1389,40 @@ impl Mount {
         self.mountpoint.join(rel.trim_start_matches('/'))
     }
 
+    /// The whole file `rel`; fails the test if the read fails or hangs.
     pub fn read(&self, rel: &str) -> Vec<u8> {
         let path = self.path(rel);
-        fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}\n{}", path.display(), self.stderr()))
+        let what = format!("read {}", path.display());
+        let result = within(&what, MOUNT_CALL_LIMIT, move || fs::read(&path));
+        result.unwrap_or_else(|e| panic!("{what}: {e}\n{}", self.stderr()))
     }
 
-    /// `len` bytes at `offset` of `rel` (fewer at end of file).
+    /// `len` bytes at `offset` of `rel` (fewer at end of file); fails the test if a read
+    /// fails or hangs.
     pub fn read_range(&self, rel: &str, offset: u64, len: usize) -> Vec<u8> {
         use std::os::unix::fs::FileExt;
         let path = self.path(rel);
-        let f = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            let n = f
-                .read_at(&mut buf[got..], offset + got as u64)
-                .unwrap_or_else(|e| panic!("pread {}: {e}\n{}", path.display(), self.stderr()));
-            if n == 0 {
-                break;
+        let what = format!("pread {} at {offset}", path.display());
+        let result = within(&what, MOUNT_CALL_LIMIT, move || -> std::io::Result<Vec<u8>> {
+            let f = File::open(&path)?;
+            let mut buf = vec![0u8; len];
+            let mut got = 0;
+            while got < len {
+                let n = f.read_at(&mut buf[got..], offset + got as u64)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
             }
-            got += n;
-        }
-        buf.truncate(got);
-        buf
+            buf.truncate(got);
+            Ok(buf)
+        });
+        result.unwrap_or_else(|e| panic!("{what}: {e}\n{}", self.stderr()))
     }
 
     /// `mastfs stats MOUNTPOINT`.
     pub fn stats(&self) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_mastfs"))
-            .arg("stats")
-            .arg(&self.mountpoint)
-            .output()
-            .expect("run mastfs stats")
+        run(Command::new(env!("CARGO_BIN_EXE_mastfs")).arg("stats").arg(&self.mountpoint), MOUNT_CALL_LIMIT)
     }
 
     /// The daemon's stderr so far.
@@ -1145,27 +1446,30 @@ impl Mount {
     }
 
     fn teardown(&mut self) {
-        if is_mounted(&self.mountpoint) {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mountpoint)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
-            }
+        if let Some(guard) = self.hang_guard.take() {
+            guard.disarm();
         }
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        if is_mounted(&self.mountpoint) {
+            unmount(&self.mountpoint);
+        }
+        let Some(mut child) = self.child.take() else { return };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut exited = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                exited = true;
+                break;
             }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !exited {
+            eprintln!("mastfs did not exit within 20 s of its unmount; killing it. Its stderr:\n{}", self.stderr());
             let _ = child.kill();
             let _ = child.wait();
+        }
+        let left = reap_tagged(&self.tag, Duration::from_secs(5));
+        if !left.is_empty() {
+            fail_unless_panicking(&format!("the mastfs mount left processes behind (now killed): {left:#?}"));
         }
     }
 }
