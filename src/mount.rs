@@ -81,8 +81,6 @@ pub fn prepare(args: MountArgs) -> Result<Prepared, String> {
     Ok(Prepared { args, user, password, cache_dir, cache_size, mount_options, acl })
 }
 
-/// The FUSE side of the `-o` items; mastfs settings among them were already turned into
-/// flags by `cli::parse`, and options for mount(8) and systemd are left to them.
 /// The mount's source in the mount table: SOURCE as given, like sshfs, so that mount(8) finds
 /// an fstab entry's mount; else `HOST[:DIR]` in the same form. Never the login.
 fn fsname(args: &MountArgs) -> String {
@@ -93,6 +91,8 @@ fn fsname(args: &MountArgs) -> String {
     }
 }
 
+/// The FUSE side of the `-o` items; mastfs settings among them were already turned into
+/// flags by `cli::parse`, and options for mount(8) and systemd are left to them.
 fn parse_mount_options(opts: &[String], default_fsname: &str) -> Result<(Vec<MountOption>, SessionACL), String> {
     let mut out = vec![
         MountOption::RO,
@@ -261,4 +261,49 @@ pub fn report(fd: Option<i32>, result: &Result<(), String>) {
     // SAFETY: fd is the write end of the start-up pipe, owned by this process.
     let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let _ = f.write_all(line.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(items: &[&str]) -> (Vec<MountOption>, SessionACL) {
+        let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+        parse_mount_options(&items, "h.example").unwrap_or_else(|e| panic!("{items:?}: {e}"))
+    }
+
+    #[test]
+    fn mounts_are_always_read_only_without_devices_or_setuid_whatever_mount_passes() {
+        let (o, acl) = options(&["rw,dev,suid,_netdev,nofail,x-systemd.automount,port=21"]);
+        for always in [MountOption::RO, MountOption::NoDev, MountOption::NoSuid] {
+            assert!(o.contains(&always), "{always:?} missing from {o:?}");
+        }
+        for never in [MountOption::RW, MountOption::Dev, MountOption::Suid] {
+            assert!(!o.contains(&never), "{never:?} in {o:?}");
+        }
+        assert!(o.contains(&MountOption::FSName("h.example".into())));
+        assert_eq!(acl, SessionACL::Owner);
+    }
+
+    #[test]
+    fn the_last_of_two_opposite_options_wins() {
+        let (o, _) = options(&["noexec,nosuid,nodev", "exec"]);
+        assert!(o.contains(&MountOption::Exec) && !o.contains(&MountOption::NoExec), "{o:?}");
+        let (o, _) = options(&["atime,noatime,noatime"]);
+        assert_eq!(o.iter().filter(|x| **x == MountOption::NoAtime).count(), 1, "{o:?}");
+        assert!(!o.contains(&MountOption::Atime), "{o:?}");
+    }
+
+    #[test]
+    fn fuse_options_set_access_and_the_source_name() {
+        let (o, acl) = options(&["allow_other,fsname=mast"]);
+        assert_eq!(acl, SessionACL::All);
+        assert!(
+            o.contains(&MountOption::FSName("mast".into())) && !o.contains(&MountOption::FSName("h.example".into()))
+        );
+        let (_, acl) = options(&["auto_unmount"]);
+        assert_eq!(acl, SessionACL::RootAndOwner, "fusermount3 needs allow_root to unmount after us");
+        let e = parse_mount_options(&["bogus".to_string()], "h").expect_err("an unknown option was accepted");
+        assert!(e.contains("bogus"), "{e}");
+    }
 }
