@@ -1,26 +1,27 @@
-//! The `mastfs` command: mount, unmount, and read the counters of a mount.
+//! The `mastfs` command: dispatch, and the mount daemon.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::ExitCode;
 
-use clap::Parser;
 use nix::fcntl::OFlag;
 use nix::mount::MntFlags;
 use nix::unistd::ForkResult;
 
-use crate::cli::{Cli, Command, MountArgs};
-use crate::mount;
+use crate::cli::{Command, MountArgs};
+use crate::{manpage, mount, stats_view};
 
 /// Runs the command line; the binary's `main` is only this.
 pub fn main() -> ExitCode {
     bound_malloc();
-    let cli = Cli::parse();
+    let cli = crate::cli::parse();
     match cli.command {
         Command::Mount(args) => run_mount(args),
         Command::Umount { mountpoint } => unmount(&mountpoint),
-        Command::Stats { mountpoint } => stats(&mountpoint),
+        Command::Stats(args) => stats_view::run(args),
+        Command::Completions { shell } => manpage::completions(shell),
+        Command::Man(args) => manpage::man(args),
     }
 }
 
@@ -219,14 +220,4 @@ fn unmount(mountpoint: &Path) -> ExitCode {
         Err(e) => e.to_string(),
     };
     fail(&format!("cannot unmount {}: {err}; {detail}", mountpoint.display()))
-}
-
-fn stats(mountpoint: &Path) -> ExitCode {
-    match std::fs::read_to_string(mountpoint.join(crate::fs::STATS_NAME)) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&format!("{} is not a mastfs mount ({e})", mountpoint.display())),
-    }
 }

@@ -22,6 +22,29 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The user's home directory: `$HOME`, else the passwd entry of the effective user.
+/// mount.fuse3 starts a file system with `HOME` unset when its `setuid=USER` option switches
+/// to another user, and mount(8) clears the environment.
+pub fn home_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return Some(home.into());
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: passwd is plain old data; getpwuid_r writes only into `pwd` and `buf` (whose
+    // length it is given) and sets `result` to &pwd on success or NULL if there is no entry.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(libc::geteuid(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() || pwd.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pwd.pw_dir).to_bytes();
+        (!dir.is_empty()).then(|| std::ffi::OsStr::from_bytes(dir).into())
+    }
+}
+
 /// Parses sizes such as `10G`, `512M`, `1.5GiB`, `4096`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();

@@ -16,8 +16,8 @@ pub fn password_for(host: &str, user: &str) -> Result<Secret, String> {
         unsafe { std::env::remove_var(PASSWORD_ENV) };
         return p.into_string().map(Secret::new).map_err(|_| format!("{PASSWORD_ENV} is not valid UTF-8"));
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        let path = Path::new(&home).join(".netrc");
+    if let Some(home) = crate::config::home_dir() {
+        let path = home.join(".netrc");
         if let Ok(text) = std::fs::read_to_string(&path)
             && let Some(p) = netrc_password(&text, host, user)
         {
@@ -28,6 +28,41 @@ pub fn password_for(host: &str, user: &str) -> Result<Secret, String> {
     rpassword::prompt_password(prompt)
         .map(Secret::new)
         .map_err(|e| format!("no password: set {PASSWORD_ENV}, add {host} to ~/.netrc, or run on a terminal ({e})"))
+}
+
+/// The password on the first line of `path`, a file only its owner can read: like ssh with
+/// its keys, a file others can read is refused rather than trusted.
+pub fn password_from_file(path: &Path) -> Result<Secret, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("password file {shown}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("password file {shown}: {e}"))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() {
+        return Err(format!("password file {shown} is not a regular file"));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!("password file {shown} belongs to uid {}, not to you", meta.uid()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "password file {shown} is readable by others (mode {:o}): chmod 600 {shown}",
+            meta.mode() & 0o777
+        ));
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.take(64 * 1024).read_to_string(&mut text).map_err(|e| format!("password file {shown}: {e}"))?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(format!("password file {shown}: the first line is empty"));
+    }
+    Ok(Secret::new(line.to_string()))
 }
 
 unsafe extern "C" {
@@ -92,6 +127,34 @@ pub fn netrc_password(text: &str, host: &str, user: &str) -> Option<Secret> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_private_password_file_gives_its_first_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret pass;word\r\nignored\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let p = password_from_file(&path).map(|s| s.expose().to_string());
+        assert_eq!(p.as_deref(), Ok("s3cret pass;word"));
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let e = password_from_file(&path).map(|_| ()).expect_err("a group-readable file was accepted");
+        assert!(e.contains("chmod 600"), "{e}");
+        assert!(!e.contains("s3cret"), "the error shows the password: {e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).expect("symlink");
+        assert!(password_from_file(&link).is_err(), "a symlink was followed");
+        std::fs::write(&path, "\n").expect("write");
+        assert!(password_from_file(&path).is_err(), "an empty password was accepted");
+    }
 
     #[test]
     fn netrc_entries_match_on_host_and_login() {

@@ -15,9 +15,12 @@ mod ftp;
 mod fuse;
 mod inode;
 mod listing;
+mod manpage;
 mod mount;
+mod mount_opts;
 mod readahead;
 mod remote;
 mod stats;
+mod stats_view;
 
 pub use app::main;

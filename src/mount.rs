@@ -15,6 +15,7 @@ use crate::fs::{FsConfig, MastFs};
 use crate::ftp::tls::{TlsOptions, base_config};
 use crate::ftp::{Endpoint, FtpsRemote, Pool};
 use crate::fuse::FuseAdapter;
+use crate::mount_opts::{self, FuseOpt, MountOpt};
 use crate::remote::Remote;
 use crate::stats::Stats;
 
@@ -33,12 +34,23 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("mastfs");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
-    home.join(".cache").join("mastfs")
+    match crate::config::home_dir() {
+        Some(home) => home.join(".cache").join("mastfs"),
+        // No home at all: never a shared, guessable place such as /tmp.
+        None => PathBuf::from("/var/cache/mastfs"),
+    }
 }
 
 /// Validates options and gathers credentials; every error here is a one-line reason.
 pub fn prepare(args: MountArgs) -> Result<Prepared, String> {
+    if args.mountpoint.starts_with("/dev/fd") {
+        // mount.fuse3's drop_privileges opens /dev/fuse itself and passes /dev/fd/N.
+        return Err(format!(
+            "mount point {}: mastfs mounts by itself and cannot take a /dev/fd/N mount point; \
+             remove drop_privileges from the mount options",
+            args.mountpoint.display()
+        ));
+    }
     let meta =
         std::fs::metadata(&args.mountpoint).map_err(|e| format!("mount point {}: {e}", args.mountpoint.display()))?;
     if !meta.is_dir() {
@@ -51,11 +63,17 @@ pub fn prepare(args: MountArgs) -> Result<Prepared, String> {
         return Err("--insecure and --ca-file contradict each other".into());
     }
     let cache_size = parse_size(&args.cache_size)?;
-    let (mount_options, acl) = parse_mount_options(&args.options, &args.host)?;
+    let (mount_options, acl) = parse_mount_options(&args.options, &fsname(&args))?;
     let (user, password) = match &args.user {
         Some(u) if u != "anonymous" && u != "ftp" => {
-            let p = crate::credentials::password_for(&args.host, u)?;
+            let p = match &args.password_file {
+                Some(file) => crate::credentials::password_from_file(file)?,
+                None => crate::credentials::password_for(&args.host, u)?,
+            };
             (u.clone(), p)
+        }
+        _ if args.password_file.is_some() => {
+            return Err("--password-file is for --user logins; anonymous logins send --email".into());
         }
         _ => ("anonymous".to_string(), Secret::new(args.email.clone())),
     };
@@ -63,24 +81,50 @@ pub fn prepare(args: MountArgs) -> Result<Prepared, String> {
     Ok(Prepared { args, user, password, cache_dir, cache_size, mount_options, acl })
 }
 
-fn parse_mount_options(opts: &[String], host: &str) -> Result<(Vec<MountOption>, SessionACL), String> {
-    let mut out = vec![MountOption::RO, MountOption::NoDev, MountOption::NoSuid, MountOption::Subtype("mastfs".into())];
-    let mut fsname = format!("mastfs#{host}");
+/// The mount's source in the mount table: SOURCE as given, like sshfs, so that mount(8) finds
+/// an fstab entry's mount; else `HOST[:DIR]` in the same form. Never the login.
+fn fsname(args: &MountArgs) -> String {
+    match &args.source {
+        Some(source) => source.clone(),
+        None if normalize_root(&args.root) == "/" => args.host.clone(),
+        None => format!("{}:{}", args.host, normalize_root(&args.root)),
+    }
+}
+
+/// The FUSE side of the `-o` items; mastfs settings among them were already turned into
+/// flags by `cli::parse`, and options for mount(8) and systemd are left to them.
+fn parse_mount_options(opts: &[String], default_fsname: &str) -> Result<(Vec<MountOption>, SessionACL), String> {
+    let mut out = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        // Subtype reaches fusermount3; the kernel option does the same for fuser's own
+        // mount(2) (as root), which passes type "fuse": either way the mount table says
+        // fuse.mastfs, as `mount -t fuse.mastfs` and `findmnt -t fuse.mastfs` expect.
+        MountOption::Subtype("mastfs".into()),
+        MountOption::CUSTOM("subtype=mastfs".into()),
+    ];
+    let mut fsname = default_fsname.to_string();
     let mut acl = SessionACL::Owner;
-    for opt in opts.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
-        match opt {
-            "ro" => {}
-            "rw" => return Err("mastfs is read-only: -o rw is not supported".into()),
-            "allow_other" => acl = SessionACL::All,
-            "allow_root" => acl = SessionACL::RootAndOwner,
-            "auto_unmount" => out.push(MountOption::AutoUnmount),
-            "default_permissions" => out.push(MountOption::DefaultPermissions),
-            "noatime" => out.push(MountOption::NoAtime),
-            "noexec" => out.push(MountOption::NoExec),
-            "exec" => out.push(MountOption::Exec),
-            "nodev" | "nosuid" => {}
-            o if o.starts_with("fsname=") => fsname = o["fsname=".len()..].to_string(),
-            o => return Err(format!("unknown mount option -o {o}")),
+    for item in opts.iter().flat_map(|o| mount_opts::split(o)) {
+        match mount_opts::classify(&item) {
+            MountOpt::Fuse(FuseOpt::Mount(o)) => {
+                // The last of two opposites wins, as in mount(8): `-o user` brings noexec,
+                // and an `exec` after it undoes that.
+                let opposite = match o {
+                    MountOption::Exec => Some(MountOption::NoExec),
+                    MountOption::NoExec => Some(MountOption::Exec),
+                    MountOption::Atime => Some(MountOption::NoAtime),
+                    MountOption::NoAtime => Some(MountOption::Atime),
+                    _ => None,
+                };
+                out.retain(|x| Some(x) != opposite.as_ref() && *x != o);
+                out.push(o);
+            }
+            MountOpt::Fuse(FuseOpt::Acl(a)) => acl = a,
+            MountOpt::Fuse(FuseOpt::FsName(name)) => fsname = name,
+            MountOpt::Fuse(FuseOpt::Implied) | MountOpt::Setting { .. } | MountOpt::System => {}
+            MountOpt::Unknown => return Err(format!("unknown mount option -o {item} (see 'mastfs mount --help')")),
         }
     }
     if out.contains(&MountOption::AutoUnmount) && acl == SessionACL::Owner {
@@ -214,4 +258,49 @@ pub fn report(pipe: Option<impl Write>, result: &Result<(), String>) {
         Err(m) => format!("ERR {}\n", m.replace('\n', " ")),
     };
     let _ = pipe.write_all(line.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(items: &[&str]) -> (Vec<MountOption>, SessionACL) {
+        let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+        parse_mount_options(&items, "h.example").unwrap_or_else(|e| panic!("{items:?}: {e}"))
+    }
+
+    #[test]
+    fn mounts_are_always_read_only_without_devices_or_setuid_whatever_mount_passes() {
+        let (o, acl) = options(&["rw,dev,suid,_netdev,nofail,x-systemd.automount,port=21"]);
+        for always in [MountOption::RO, MountOption::NoDev, MountOption::NoSuid] {
+            assert!(o.contains(&always), "{always:?} missing from {o:?}");
+        }
+        for never in [MountOption::RW, MountOption::Dev, MountOption::Suid] {
+            assert!(!o.contains(&never), "{never:?} in {o:?}");
+        }
+        assert!(o.contains(&MountOption::FSName("h.example".into())));
+        assert_eq!(acl, SessionACL::Owner);
+    }
+
+    #[test]
+    fn the_last_of_two_opposite_options_wins() {
+        let (o, _) = options(&["noexec,nosuid,nodev", "exec"]);
+        assert!(o.contains(&MountOption::Exec) && !o.contains(&MountOption::NoExec), "{o:?}");
+        let (o, _) = options(&["atime,noatime,noatime"]);
+        assert_eq!(o.iter().filter(|x| **x == MountOption::NoAtime).count(), 1, "{o:?}");
+        assert!(!o.contains(&MountOption::Atime), "{o:?}");
+    }
+
+    #[test]
+    fn fuse_options_set_access_and_the_source_name() {
+        let (o, acl) = options(&["allow_other,fsname=mast"]);
+        assert_eq!(acl, SessionACL::All);
+        assert!(
+            o.contains(&MountOption::FSName("mast".into())) && !o.contains(&MountOption::FSName("h.example".into()))
+        );
+        let (_, acl) = options(&["auto_unmount"]);
+        assert_eq!(acl, SessionACL::RootAndOwner, "fusermount3 needs allow_root to unmount after us");
+        let e = parse_mount_options(&["bogus".to_string()], "h").expect_err("an unknown option was accepted");
+        assert!(e.contains("bogus"), "{e}");
+    }
 }

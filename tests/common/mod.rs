@@ -1122,14 +1122,14 @@ pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// One counter of `mastfs stats`.
+/// One counter of `mastfs stats --json` (plain `mastfs stats` is for people).
 pub fn stat_value(mount: &Mount, name: &str) -> u64 {
-    let out = mount.stats();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mastfs"));
+    let out = run(cmd.args(["stats", "--json"]).arg(&mount.mountpoint), Duration::from_secs(30));
     assert!(out.status.success(), "mastfs stats failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    report["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in:\n{text}"))
 }
 
 // ------------------------------------------------------------------ mounts
