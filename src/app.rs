@@ -108,6 +108,16 @@ fn run_mount(args: MountArgs) -> ExitCode {
     };
     let store = built.store.clone();
     let mountpoint = prepared.args.mountpoint.clone();
+    // Handlers go in before the mount appears: a SIGTERM that arrives just after it would
+    // otherwise kill the daemon with the default action and leave a dead mount behind. A
+    // signal caught before the session exists waits in `signals` until the thread reads it.
+    let signals = match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("cannot handle signals ({e}); use `mastfs umount`");
+            None
+        }
+    };
     let mut session = match fuser::Session::new(built.adapter, &mountpoint, &built.config) {
         Ok(s) => s,
         Err(e) => {
@@ -118,25 +128,22 @@ fn run_mount(args: MountArgs) -> ExitCode {
         }
     };
     log::info!("mounted {} on {}", prepared.args.host, mountpoint.display());
-    let mut unmounter = session.unmount_callable();
-    let signal_mountpoint = mountpoint.clone();
-    match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {
-        Ok(mut signals) => {
-            let spawned = std::thread::Builder::new().name("mastfs-signals".into()).spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    log::info!("signal {sig}: unmounting");
-                    if let Err(e) = unmounter.unmount() {
-                        // Busy (a shell sits in it): detach lazily so the daemon can exit.
-                        log::warn!("unmount failed ({e}); detaching lazily");
-                        lazy_unmount(&signal_mountpoint);
-                    }
+    if let Some(mut signals) = signals {
+        let mut unmounter = session.unmount_callable();
+        let signal_mountpoint = mountpoint.clone();
+        let spawned = std::thread::Builder::new().name("mastfs-signals".into()).spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("signal {sig}: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    // Busy (a shell sits in it): detach lazily so the daemon can exit.
+                    log::warn!("unmount failed ({e}); detaching lazily");
+                    lazy_unmount(&signal_mountpoint);
                 }
-            });
-            if let Err(e) = spawned {
-                log::warn!("no signal thread ({e}); use `mastfs umount`");
             }
+        });
+        if let Err(e) = spawned {
+            log::warn!("no signal thread ({e}); use `mastfs umount`");
         }
-        Err(e) => log::warn!("cannot handle signals ({e}); use `mastfs umount`"),
     }
     if !foreground {
         mount::report(report_pipe.take(), &Ok(()));
