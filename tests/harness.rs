@@ -68,11 +68,14 @@ fn serves_listing_ranged_reads_and_refuses_unreadable_files(kind: Kind, implicit
     }
     // A server writes its transfer log after the client has gone; under load that can lag.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while (server.retr_count() < 4 || server.bytes_sent() < 2200) && std::time::Instant::now() < deadline {
+    // The two tails ran to the end of the file, so at least their 2 x 1000 bytes are logged; a
+    // transfer curl ended early is logged with what the server had written when it noticed,
+    // which under load can be nothing (seen with pure-ftpd).
+    while (server.retr_count() < 4 || server.bytes_sent() < 2000) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(server.retr_count() >= 4, "{kind:?} logged no transfers in {}", server.log.display());
-    assert!(server.bytes_sent() >= 2200, "{kind:?} logged fewer bytes than were received");
+    assert!(server.bytes_sent() >= 2000, "{kind:?} logged fewer bytes than its complete transfers sent");
 }
 
 #[test]

@@ -49,11 +49,11 @@ fn a_name_longer_than_255_bytes_is_left_out_and_the_rest_of_the_directory_lists(
 
 // ------------------------------------------------------------------ the stats file and statfs
 
-/// Counters as `mastfs stats` prints them; panics on a line that is not `name value`.
+/// Counters as the daemon serves them in `.mastfs-stats` (what `mastfs stats` reads);
+/// panics on a line that is not `name value`.
 fn counters(mount: &Mount) -> Vec<(String, u64)> {
-    let out = mount.stats();
-    assert!(out.status.success(), "mastfs stats failed: {}", stderr_of(&out));
-    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let path = mount.path(".mastfs-stats");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     assert!(text.ends_with('\n'), "the text ends with a whole line: {text:?}");
     text.lines()
         .map(|l| {
