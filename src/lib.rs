@@ -20,3 +20,6 @@ mod remote;
 mod stats;
 
 pub use app::main;
+/// The FTPS transport without a mount, for transport tests and measurements (not a stable API).
+#[doc(hidden)]
+pub use ftp::probe;
