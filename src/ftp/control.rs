@@ -122,6 +122,19 @@ impl<T: Transport> Control<T> {
         result
     }
 
+    /// Like `expect` for a command about a path (`RETR`, `MLST`, `CWD`, ...): a `501` is the
+    /// server refusing the path itself (pyftpdlib: "501 No such directory"), like a `550`.
+    pub(crate) fn expect_path(&mut self, what: &str, ok: &[u16]) -> Result<Reply, RemoteError> {
+        let reply = self.reply()?;
+        if ok.contains(&reply.code) {
+            return Ok(reply);
+        }
+        if reply.code == 501 {
+            return Err(RemoteError::Unavailable(format!("{what}: {}", reply.describe())));
+        }
+        Err(self.refusal(what, &reply))
+    }
+
     /// Reads the next reply and checks it answers `what` with one of `ok`. A refusal (4xx or
     /// 5xx) is returned as an error that leaves the connection usable (except 421, after which
     /// the server closes); any other unexpected code means the replies are out of step.

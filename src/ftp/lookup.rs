@@ -85,7 +85,7 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
         }
     }
     if dialect == Dialect::List {
-        match conn.control.expect(&format!("CWD {dir}"), &[250]) {
+        match conn.control.expect_path(&format!("CWD {dir}"), &[250]) {
             Ok(_) => {}
             Err(e) if conn.control.is_broken() => return Err(e),
             Err(e) => {
@@ -93,7 +93,7 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
             }
         }
     }
-    let started = match conn.control.expect(&command, &[125, 150]) {
+    let started = match conn.control.expect_path(&command, &[125, 150]) {
         Ok(_) => true,
         Err(e) if conn.control.is_broken() => return Err(e),
         Err(e) => {
@@ -105,7 +105,10 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
         return Err(failure.unwrap_or_else(|| RemoteError::Protocol(format!("{command} was not answered"))));
     };
     if let Some(e) = failure {
-        // The listing is of some other directory (CWD failed): never read it.
+        // The listing is of some other directory (CWD failed): never read it. The TLS
+        // handshake is finished first: vsftpd ends the whole session when a data connection
+        // dies in its handshake.
+        data::finish_tls(&mut stream).inspect_err(|_| conn.control.set_broken())?;
         drop(data_deadline);
         abort(conn, stream, stats);
         return Err(e);

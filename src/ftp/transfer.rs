@@ -112,7 +112,7 @@ pub(crate) fn open(
             Check::Mlst => ("MLST", 250),
             Check::Size => ("SIZE", 213),
         };
-        match conn.control.expect(&format!("{verb} {path}"), &[code]) {
+        match conn.control.expect_path(&format!("{verb} {path}"), &[code]) {
             Ok(reply) => {
                 if let Err(e) = verify(check, &reply, path, version) {
                     failure = Some(e);
@@ -161,7 +161,7 @@ pub(crate) fn open(
             }
         }
     }
-    let started = match conn.control.expect(&format!("RETR {path}"), &[125, 150]) {
+    let started = match conn.control.expect_path(&format!("RETR {path}"), &[125, 150]) {
         Ok(reply) => Some(reply),
         Err(e) if conn.control.is_broken() => return Err(e),
         Err(e) => {
@@ -184,6 +184,10 @@ pub(crate) fn open(
         failure = check_announced(&pool, &started, check.is_some(), path, version).err();
     }
     if let Some(e) = failure {
+        // vsftpd ends the whole session ("500 OOPS" in clear text on the control
+        // connection) when a data connection dies in its TLS handshake: finish the handshake
+        // (its flight is already on the way) before closing.
+        data::finish_tls(&mut stream).inspect_err(|_| conn.control.set_broken())?;
         drop(data_deadline);
         count_link_bytes(&stream, &stats);
         abort(conn, stream, &stats);

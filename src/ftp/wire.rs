@@ -2,9 +2,13 @@
 //! block, receive-buffer sizing, liveness probes.
 //!
 //! A round trip is counted each time the client has sent something (a command, a TLS flight,
-//! a TCP SYN) and then has to wait for the server because nothing has arrived yet. Both
-//! sockets of a connection (control and data) share one `Flights`, so a batch of commands
-//! and a ClientHello sent together and answered together count once. Waits on the request
+//! a TCP SYN) and then reads from the network again: whatever it reads next was caused by
+//! what it sent. Bytes already in a userspace buffer (a second reply of the same batch that
+//! came in the same TLS record) need no read and count nothing. Both sockets of a connection
+//! (control and data) share one `Flights`, so a batch of commands and a ClientHello sent
+//! together and answered together count once, and a `226` that the server sends only after
+//! the client closed its data connection counts as the round trip it is. Whether the answer
+//! has already arrived is not asked: on loopback it always has. Waits on the request
 //! path go to `round_trips`; waits of connections being re-armed in the background go to
 //! `background_round_trips`.
 //!
@@ -44,9 +48,9 @@ impl Flights {
         self.pending.store(true, Ordering::Relaxed);
     }
 
-    /// The client is about to wait; `ready` says whether the answer is already there.
-    pub(crate) fn waiting(&self, ready: bool) {
-        if !ready && self.pending.swap(false, Ordering::Relaxed) {
+    /// The client is about to read from the network (or wait for a connect).
+    pub(crate) fn waiting(&self) {
+        if self.pending.swap(false, Ordering::Relaxed) {
             let counter = if self.on_request.load(Ordering::Relaxed) {
                 &self.stats.round_trips
             } else {
@@ -93,10 +97,6 @@ impl Wire {
     pub(crate) fn socket(&self) -> &TcpStream {
         &self.sock
     }
-
-    fn wait_for_input(&self) {
-        self.flights.waiting(readable_now(&self.sock));
-    }
 }
 
 impl Read for Wire {
@@ -107,7 +107,7 @@ impl Read for Wire {
             self.start += n;
             return Ok(n);
         }
-        self.wait_for_input();
+        self.flights.waiting();
         if out.len() >= self.buf.len() {
             return self.sock.read(out);
         }
@@ -130,11 +130,6 @@ impl Write for Wire {
     fn flush(&mut self) -> io::Result<()> {
         self.sock.flush()
     }
-}
-
-/// Whether a read on `sock` would return at once (data, end of stream or an error).
-pub(crate) fn readable_now(sock: &TcpStream) -> bool {
-    poll_one(sock, libc::POLLIN, 0).unwrap_or(true)
 }
 
 /// Polls one socket for `events`; `Ok(true)` when ready within `millis`.
@@ -175,9 +170,8 @@ pub(crate) fn finish_connect(
     io_timeout: Duration,
     flights: &Flights,
 ) -> io::Result<()> {
-    let connected = poll_one(sock, libc::POLLOUT, 0)?;
-    flights.waiting(connected);
-    if !connected && !poll_one(sock, libc::POLLOUT, millis(limit))? {
+    flights.waiting();
+    if !poll_one(sock, libc::POLLOUT, millis(limit))? {
         return Err(io::Error::new(io::ErrorKind::TimedOut, "data connection not established in time"));
     }
     if let Some(e) = sock.take_error()? {
@@ -249,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wait_after_a_write_counts_one_round_trip_and_a_wait_for_data_already_there_counts_none() {
+    fn a_read_after_a_write_counts_one_round_trip_and_a_second_read_for_the_same_write_counts_none() {
         let stats = Arc::new(Stats::default());
         let flights = Flights::new(Arc::clone(&stats));
         let (client, mut server) = pair();
@@ -276,7 +270,7 @@ mod tests {
         let flights = Flights::new(Arc::clone(&stats));
         flights.set_on_request(false);
         flights.sent();
-        flights.waiting(false);
+        flights.waiting();
         assert_eq!(stats.round_trips.load(Ordering::Relaxed), 0);
         assert_eq!(stats.background_round_trips.load(Ordering::Relaxed), 1);
     }
