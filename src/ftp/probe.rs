@@ -134,6 +134,41 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// Like `read`, but throws the bytes away through one reused 256 KiB buffer (for
+    /// measuring the transport's own cost); returns how many bytes arrived.
+    pub fn drain(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        version: (u64, i64),
+        intent: ProbeIntent,
+    ) -> Result<u64, String> {
+        let intent = match intent {
+            ProbeIntent::Peek(len) => Intent::Peek { len },
+            ProbeIntent::Run(end) => Intent::Run { end },
+        };
+        let version = Version { size: version.0, mtime: version.1 };
+        let mut reader = self.remote.open(path, offset, version, intent).map_err(|e| format!("{e:?}"))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0u64;
+        while got < len {
+            let want = buf.len().min(usize::try_from(len - got).unwrap_or(usize::MAX));
+            match reader.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => got += n as u64,
+                Err(e) => {
+                    reader.close();
+                    return Err(format!("{e:?}"));
+                }
+            }
+        }
+        reader.close();
+        Ok(got)
+    }
+}
+
 fn to_probe(e: crate::remote::RemoteEntry) -> ProbeEntry {
     let mtime = match e.mtime.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => d.as_secs() as i64,

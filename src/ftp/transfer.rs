@@ -39,12 +39,9 @@ use crate::stats::Stats;
 const MIN_PROGRESS: u64 = 16 * 1024;
 /// TLS record payload size servers use for bulk data (OpenSSL, rustls, pyOpenSSL).
 const RECORD: usize = 16 * 1024;
-/// A `Run` that stops before the end of the file starts shrinking its TCP window this close
-/// to its end, so the server is not invited to send much past it.
-const TAIL_START: u64 = 8 << 20;
-/// Slack over the bytes still wanted when the window shrinks: room for TLS framing and the
-/// kernel's per-packet overhead, so no wanted byte is ever dropped for lack of buffer.
-const TAIL_SLACK: usize = 64 * 1024;
+/// A `Run` this short gets a receive buffer sized for it, like a `Peek`; longer runs keep the
+/// kernel's auto-tuning (see `size_window`).
+const SHORT_RUN: u64 = 4 << 20;
 
 /// How a RETR's file version is checked on servers that do not state the size in `150`.
 #[derive(Clone, Copy)]
@@ -89,7 +86,7 @@ pub(crate) fn open(
     }
     commands.push(format!("RETR {path}"));
     if let Some(a) = &ahead {
-        size_window(&a.sock, intent);
+        size_window(&a.sock, offset, intent);
     }
 
     let _exchange = conn.control.deadline(remaining(deadline)?);
@@ -130,7 +127,7 @@ pub(crate) fn open(
                 let addr = data::passive_address(&reply, conn.peer).inspect_err(|_| conn.control.set_broken())?;
                 let sock = data::connect(addr, &conn.flights, remaining(deadline)?, timeout)
                     .inspect_err(|_| conn.control.set_broken())?;
-                size_window(&sock, intent);
+                size_window(&sock, offset, intent);
                 data_deadline = watchdog::arm(&sock, remaining(deadline)?);
                 stream = Some(
                     data::start_tls(sock, &conn.tls, &name, &conn.flights)
@@ -195,17 +192,11 @@ pub(crate) fn open(
     }
     data::finish_tls(&mut stream).inspect_err(|_| conn.control.set_broken())?;
     drop(data_deadline);
-    let end = match intent {
-        Intent::Run { end } => end.min(version.size),
-        Intent::Peek { .. } => version.size,
-    };
     Ok(FtpsReader {
         lease,
         stream: Some(stream),
         position: offset,
         size: version.size,
-        end,
-        window: None,
         progress: Progress::new(timeout),
         failed: false,
         ended: false,
@@ -213,16 +204,26 @@ pub(crate) fn open(
     })
 }
 
-/// Sizes the data connection's receive buffer for what the reader intends: a `Peek` wants a
-/// few records, so the server is not invited to send megabytes it will throw away; a `Run`
-/// keeps the kernel's auto-tuning, which a bulk transfer over a long link needs.
-fn size_window(sock: &TcpStream, intent: Intent) {
-    if let Intent::Peek { len } = intent {
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        let bytes = len.saturating_add(RECORD + 1024).clamp(3 * RECORD / 2, 4 << 20);
-        if let Err(e) = limit_receive_buffer(sock, bytes) {
-            log::debug!("cannot size the receive buffer: {e}");
-        }
+/// Sizes the data connection's receive buffer, before anything is in flight, for what the
+/// reader intends. A `Peek` (or a short `Run`) wants a few records: a small buffer keeps the
+/// server from sending much it will throw away. A long `Run` keeps the kernel's
+/// auto-tuning, which a bulk transfer over a long link needs; at its end about one TCP window
+/// is wasted. Narrowing the window as a run nears its end would not help much: TCP never
+/// takes back a window it advertised, and shrinking the buffer under data already in flight
+/// makes the kernel drop some of it, which costs a retransmission timeout on the bytes the
+/// reader still wants.
+fn size_window(sock: &TcpStream, offset: u64, intent: Intent) {
+    let wanted = match intent {
+        Intent::Peek { len } => len,
+        Intent::Run { end } if end.saturating_sub(offset) <= SHORT_RUN => end.saturating_sub(offset),
+        Intent::Run { .. } => return,
+    };
+    // Room for the TLS record holding the last wanted byte; the kernel doubles the value and
+    // advertises a window of about 0.5 to 0.9 times that.
+    let wanted = usize::try_from(wanted).unwrap_or(usize::MAX);
+    let bytes = wanted.saturating_add(RECORD + 1024).clamp(3 * RECORD / 2, 4 << 20);
+    if let Err(e) = limit_receive_buffer(sock, bytes) {
+        log::debug!("cannot size the receive buffer: {e}");
     }
 }
 
@@ -369,10 +370,6 @@ pub(crate) struct FtpsReader {
     stream: Option<TlsWire>,
     position: u64,
     size: u64,
-    /// Where the reader means to stop (a `Run`'s end, else the file's end).
-    end: u64,
-    /// The receive buffer size last set while closing in on `end`.
-    window: Option<usize>,
     progress: Progress,
     failed: bool,
     /// The server ended the data stream itself.
@@ -381,32 +378,6 @@ pub(crate) struct FtpsReader {
 }
 
 impl FtpsReader {
-    /// Keeps the TCP window close to what is still wanted as a `Run` nears an end short of
-    /// the file's: the server then has little in flight past `end` when the reader stops.
-    fn narrow_toward_end(&mut self) {
-        if self.end >= self.size {
-            return;
-        }
-        let left = self.end.saturating_sub(self.position);
-        if left > TAIL_START {
-            return;
-        }
-        let Some(stream) = self.stream.as_ref() else { return };
-        let sock = stream.sock.socket();
-        let want = usize::try_from(left).unwrap_or(usize::MAX).saturating_add(TAIL_SLACK);
-        let current = match self.window {
-            Some(w) => w,
-            None => socket2::SockRef::from(sock).recv_buffer_size().unwrap_or(0) / 2,
-        };
-        if want.saturating_mul(2) <= current {
-            if limit_receive_buffer(sock, want).is_ok() {
-                self.window = Some(want);
-            }
-        } else if self.window.is_none() {
-            self.window = Some(current);
-        }
-    }
-
     fn fail(&mut self, e: RemoteError) -> RemoteError {
         self.failed = true;
         if let Ok(conn) = self.lease.conn() {
@@ -440,7 +411,6 @@ impl RangeReader for FtpsReader {
         if self.position >= self.size || buf.is_empty() {
             return Ok(0);
         }
-        self.narrow_toward_end();
         let want = usize::try_from(self.size - self.position).unwrap_or(usize::MAX).min(buf.len());
         let Some(stream) = self.stream.as_mut() else {
             return Err(RemoteError::Protocol("read after close".into()));
