@@ -366,3 +366,73 @@ fn implicit_ftps_against_vsftpd_with_forced_data_tls_mounts_lists_and_reads() {
     let bytes = std::fs::read(mount.path("data/a.bin")).unwrap_or_else(|e| panic!("read: {e}\n{}", mount.stderr()));
     assert!(bytes == pattern_bytes(4, 0, (3 * MIB + 3) as usize), "byte-exact over implicit FTPS");
 }
+
+// ------------------------------------------------------------------ an unresponsive server
+
+/// `root` and every process descended from it (vsftpd runs each session in its own process).
+fn process_tree(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may hold spaces and parentheses: fields start after the last ')'.
+            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+fn signal_all(pids: &[u32], signal: libc::c_int) {
+    for &pid in pids {
+        // SAFETY: signalling processes of the server this test started.
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    }
+}
+
+#[test]
+fn a_stopped_server_fails_reads_stats_and_listings_with_a_timeout_and_serves_them_once_resumed() {
+    if !require_server(Kind::Vsftpd) {
+        return;
+    }
+    let (root, server) = serve(Kind::Vsftpd);
+    let opts = ProbeOptions {
+        host: server.host.clone(),
+        port: server.port,
+        ca_file: server.ca_file.clone(),
+        implicit: false,
+        tls12_only: false,
+        connections: 2,
+        timeout: Duration::from_secs(2),
+    };
+    let p = Probe::connect(&opts).expect("connect");
+    settle(&p);
+    let big = version_of(root.path(), "big.bin");
+    let tree = process_tree(server.pid);
+    signal_all(&tree, libc::SIGSTOP);
+    let started = Instant::now();
+    let read = p.read("/big.bin", 1000, 100, big, ProbeIntent::Peek(100));
+    let read_took = started.elapsed();
+    let stat = p.stat("/stage");
+    let list = p.list("/stage");
+    // Resume before asserting, so a failure leaves no stopped server behind.
+    signal_all(&tree, libc::SIGCONT);
+    eprintln!("a read on the stopped server failed after {read_took:?} (--timeout 2s)");
+    let read = read.expect_err("the server is stopped");
+    assert!(read.starts_with("Timeout"), "{read}");
+    assert!(stat.expect_err("stopped").starts_with("Timeout"));
+    assert!(list.expect_err("stopped").starts_with("Timeout"));
+    assert_eq!(p.counter("retries"), 0, "a timeout is not retried: it would multiply the wait");
+    let got = p.read("/big.bin", 1000, 100, big, ProbeIntent::Peek(100)).expect("read after SIGCONT");
+    assert_eq!(got, pattern_bytes(1, 1000, 100));
+}

@@ -14,6 +14,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::tls::TlsWire;
@@ -69,11 +71,13 @@ pub(crate) struct Control<T> {
     start: usize,
     /// Set by anything that leaves the reply stream in an unknown state.
     broken: bool,
+    /// Whether the last deadline armed on the socket fired (then errors are timeouts).
+    timer: Option<Arc<AtomicBool>>,
 }
 
 impl<T: Transport> Control<T> {
     pub(crate) fn new(io: T) -> Control<T> {
-        Control { io, buf: Vec::new(), start: 0, broken: false }
+        Control { io, buf: Vec::new(), start: 0, broken: false, timer: None }
     }
 
     /// Whether the connection may still be used: no transport error, no reply out of step.
@@ -88,8 +92,18 @@ impl<T: Transport> Control<T> {
 
     /// A wall-clock deadline on the socket for an exchange: a server that drips its replies
     /// one byte per read timeout cannot hold the connection longer than `limit`.
-    pub(crate) fn deadline(&self, limit: Duration) -> Option<Armed> {
-        watchdog::arm(self.io.socket(), limit)
+    pub(crate) fn deadline(&mut self, limit: Duration) -> Option<Armed> {
+        let armed = watchdog::arm(self.io.socket(), limit);
+        self.timer = armed.as_ref().map(Armed::flag);
+        armed
+    }
+
+    /// An error of the socket, as a timeout when the deadline shut the socket down.
+    fn timed(&self, e: RemoteError, what: &str) -> RemoteError {
+        if self.timer.as_ref().is_some_and(|t| t.load(Ordering::SeqCst)) {
+            return RemoteError::Timeout(format!("no answer from the server in time ({what})"));
+        }
+        e
     }
 
     /// Sends `commands` in one write. A command holding CR, LF or NUL would be read by the
@@ -109,12 +123,15 @@ impl<T: Transport> Control<T> {
             out.extend_from_slice(b"\r\n");
         }
         let written = self.io.write_all(&out).and_then(|()| self.io.flush());
-        written.map_err(|e| self.fail(io_error(e, "sending commands")))
+        written.map_err(|e| {
+            let e = self.timed(io_error(e, "sending commands"), "sending commands");
+            self.fail(e)
+        })
     }
 
     /// Reads the next reply, single- or multi-line.
     pub(crate) fn reply(&mut self) -> Result<Reply, RemoteError> {
-        let result = self.read_reply();
+        let result = self.read_reply().map_err(|e| self.timed(e, "reading a reply"));
         if let Err(e) = &result {
             self.broken = true;
             log::debug!("<- failed: {e}");
@@ -286,7 +303,6 @@ mod tests {
     use crate::ftp::wire::Flights;
     use crate::stats::Stats;
     use std::net::TcpListener;
-    use std::sync::Arc;
 
     /// A control channel to a server thread that reads commands and answers with `script`.
     fn scripted(script: &'static [u8]) -> (Control<Wire>, std::thread::JoinHandle<Vec<u8>>) {

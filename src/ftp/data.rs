@@ -121,6 +121,14 @@ pub(crate) fn finish_tls(stream: &mut TlsWire) -> Result<(), RemoteError> {
     Ok(())
 }
 
+/// A data connection error as a timeout when its deadline shut the socket down.
+pub(crate) fn timed_out(e: RemoteError, deadline: &Option<super::watchdog::Armed>) -> RemoteError {
+    if deadline.as_ref().is_some_and(super::watchdog::Armed::fired) {
+        return RemoteError::Timeout(format!("data connection: no answer in time ({e})"));
+    }
+    e
+}
+
 /// Ends TLS politely (close_notify) and closes the socket.
 pub(crate) fn close_tls(mut stream: TlsWire) {
     stream.conn.send_close_notify();

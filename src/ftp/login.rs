@@ -51,11 +51,29 @@ pub(crate) fn login(
     flights: &Arc<Flights>,
     deadline: Instant,
 ) -> Result<Login, RemoteError> {
+    let guard: LoginGuard = Arc::new(parking_lot::Mutex::new(None));
+    let result = login_before(ep, base, kx, flights, deadline, &guard);
+    let fired = guard.lock().as_ref().is_some_and(super::watchdog::Armed::fired);
+    drop(guard.lock().take());
+    match result {
+        // The deadline shut the socket down: whatever error that caused is a timeout.
+        Err(e) if fired => Err(RemoteError::Timeout(format!("login to {} ({e})", ep.host))),
+        other => other,
+    }
+}
+
+fn login_before(
+    ep: &Endpoint,
+    base: &ClientConfig,
+    kx: &Arc<KxHint>,
+    flights: &Arc<Flights>,
+    deadline: Instant,
+    guard: &LoginGuard,
+) -> Result<Login, RemoteError> {
     let limit = remaining(deadline)?;
     let addr = resolve(&ep.host, ep.port)?;
     let tls = per_connection(base, kx);
-    let guard: LoginGuard = Arc::new(parking_lot::Mutex::new(None));
-    let (connector, slot) = Handoff::new(Arc::clone(&tls), Arc::clone(flights), ep.timeout, Arc::clone(&guard), limit);
+    let (connector, slot) = Handoff::new(Arc::clone(&tls), Arc::clone(flights), ep.timeout, Arc::clone(guard), limit);
     let mut ftp: ImplFtpStream<HandoffStream> = if ep.implicit {
         // suppaftp's implicit connect has no connect timeout of its own; a timed probe first
         // turns an unreachable host into a prompt error instead of a minutes-long hang.
@@ -101,7 +119,6 @@ pub(crate) fn login(
         Err(_) if !control.is_broken() => false,
         Err(e) => return Err(e),
     };
-    drop(guard.lock().take());
     Ok(Login { control, tls, mlst, peer })
 }
 

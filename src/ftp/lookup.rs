@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use super::conn::{Conn, Owes};
 use super::control::io_error;
-use super::data;
+use super::data::{self, timed_out};
 use super::login::remaining;
 use super::pool::Lease;
 use super::transfer::mlst_entry;
@@ -108,12 +108,16 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
         // The listing is of some other directory (CWD failed): never read it. The TLS
         // handshake is finished first: vsftpd ends the whole session when a data connection
         // dies in its handshake.
-        data::finish_tls(&mut stream).inspect_err(|_| conn.control.set_broken())?;
+        data::finish_tls(&mut stream)
+            .map_err(|e| timed_out(e, &data_deadline))
+            .inspect_err(|_| conn.control.set_broken())?;
         drop(data_deadline);
         abort(conn, stream, stats);
         return Err(e);
     }
-    data::finish_tls(&mut stream).inspect_err(|_| conn.control.set_broken())?;
+    data::finish_tls(&mut stream)
+        .map_err(|e| timed_out(e, &data_deadline))
+        .inspect_err(|_| conn.control.set_broken())?;
     drop(data_deadline);
     drop(_exchange);
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::Owes;
 use super::control::{Reply, io_error};
-use super::data;
+use super::data::{self, timed_out};
 use super::login::remaining;
 use super::pool::Lease;
 use super::tls::TlsWire;
@@ -184,13 +184,17 @@ pub(crate) fn open(
         // vsftpd ends the whole session ("500 OOPS" in clear text on the control
         // connection) when a data connection dies in its TLS handshake: finish the handshake
         // (its flight is already on the way) before closing.
-        data::finish_tls(&mut stream).inspect_err(|_| conn.control.set_broken())?;
+        data::finish_tls(&mut stream)
+            .map_err(|e| timed_out(e, &data_deadline))
+            .inspect_err(|_| conn.control.set_broken())?;
         drop(data_deadline);
         count_link_bytes(&stream, &stats);
         abort(conn, stream, &stats);
         return Err(e);
     }
-    data::finish_tls(&mut stream).inspect_err(|_| conn.control.set_broken())?;
+    data::finish_tls(&mut stream)
+        .map_err(|e| timed_out(e, &data_deadline))
+        .inspect_err(|_| conn.control.set_broken())?;
     drop(data_deadline);
     Ok(FtpsReader {
         lease,
