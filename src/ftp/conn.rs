@@ -166,7 +166,10 @@ impl Conn {
     /// its final reply.
     fn finish_transfer(&mut self, mut stream: TlsWire, deadline: Instant) -> Result<(), RemoteError> {
         use std::io::Read;
-        let _data_deadline = super::watchdog::arm(stream.sock.socket(), remaining(deadline)?);
+        // The deadline holds a second descriptor of the socket: it is dropped before the
+        // socket is closed, or the server would never see the close (and some send their
+        // 226 only then).
+        let data_deadline = super::watchdog::arm(stream.sock.socket(), remaining(deadline)?);
         let mut sink = [0u8; 16 * 1024];
         let mut trailing = 0;
         loop {
@@ -188,6 +191,7 @@ impl Conn {
                 }
             }
         }
+        drop(data_deadline);
         data::close_tls(stream);
         match self.control.expect("end of transfer", &[226, 250]) {
             Ok(_) => Ok(()),

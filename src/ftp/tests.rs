@@ -60,7 +60,12 @@ fn retr_like_vsftpd(command: &str, s: &mut Session, data: &[u8]) -> Answer {
     Answer::Done
 }
 
+fn logs() {
+    let _ = env_logger::Builder::new().parse_env("MASTFS_TEST_LOG").is_test(true).try_init();
+}
+
 fn wait_untended(pool: &super::Pool) {
+    logs();
     assert!(pool.wait_untended(Instant::now() + Duration::from_secs(10)), "the connection was never re-armed");
 }
 
