@@ -43,6 +43,8 @@ fn probe(server: &Server, connections: usize) -> Probe {
         port: server.port,
         ca_file: server.ca_file.clone(),
         implicit: server.implicit,
+        epsv: false,
+        insecure: false,
         tls12_only: false,
         connections,
         timeout: Duration::from_secs(20),
@@ -260,6 +262,38 @@ fn a_file_replaced_on_the_server_fails_as_changed_before_any_byte_on_each_server
     }
 }
 
+#[test]
+fn epsv_and_tls_1_2_data_connections_read_the_right_bytes_in_two_round_trips_on_vsftpd() {
+    if !require_server(Kind::Vsftpd) {
+        return;
+    }
+    let (root, server) = serve(Kind::Vsftpd);
+    for (epsv, tls12_only) in [(true, false), (false, true), (true, true)] {
+        let opts = ProbeOptions {
+            host: server.host.clone(),
+            port: server.port,
+            ca_file: server.ca_file.clone(),
+            implicit: false,
+            epsv,
+            insecure: false,
+            tls12_only,
+            connections: 1,
+            timeout: Duration::from_secs(20),
+        };
+        let p = Probe::connect(&opts).expect("connect");
+        settle(&p);
+        let big = version_of(root.path(), "big.bin");
+        for offset in offsets(3, BIG, 70_000) {
+            let before = p.counter("round_trips");
+            let got = p.read("/big.bin", offset, 70_000, big, ProbeIntent::Peek(70_000)).expect("read");
+            assert!(got == pattern_bytes(1, offset, 70_000), "epsv {epsv}, TLS 1.2 only {tls12_only}");
+            assert_eq!(p.counter("round_trips") - before, 2, "epsv {epsv}, TLS 1.2 only {tls12_only}");
+            settle(&p);
+        }
+        assert_eq!((p.counter("logins"), p.counter("reconnects")), (1, 0));
+    }
+}
+
 // ------------------------------------------------------------------ through a mount
 
 /// Every counter of the mount's stats file. Read with O_DIRECT: the size the kernel cached
@@ -411,6 +445,8 @@ fn a_stopped_server_fails_reads_stats_and_listings_with_a_timeout_and_serves_the
         port: server.port,
         ca_file: server.ca_file.clone(),
         implicit: false,
+        epsv: false,
+        insecure: false,
         tls12_only: false,
         connections: 2,
         timeout: Duration::from_secs(2),

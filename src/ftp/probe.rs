@@ -19,6 +19,10 @@ pub struct ProbeOptions {
     pub port: u16,
     pub ca_file: PathBuf,
     pub implicit: bool,
+    /// EPSV instead of PASV.
+    pub epsv: bool,
+    /// Do not verify the certificate (a relay in front of the server has another address).
+    pub insecure: bool,
     pub tls12_only: bool,
     pub connections: usize,
     pub timeout: Duration,
@@ -54,8 +58,8 @@ impl Probe {
     /// Logs in anonymously, lists `/` and opens a data connection ahead, as a mount does.
     pub fn connect(opts: &ProbeOptions) -> Result<Probe, String> {
         let tls = base_config(&TlsOptions {
-            ca_file: Some(opts.ca_file.clone()),
-            insecure: false,
+            ca_file: (!opts.insecure).then(|| opts.ca_file.clone()),
+            insecure: opts.insecure,
             tls12_only: opts.tls12_only,
         })
         .map_err(|e| format!("{e:?}"))?;
@@ -64,7 +68,7 @@ impl Probe {
             host: opts.host.clone(),
             port: opts.port,
             implicit: opts.implicit,
-            epsv: false,
+            epsv: opts.epsv,
             user: "anonymous".into(),
             password: Secret::new("probe@example.org".into()),
             timeout: opts.timeout,
