@@ -193,7 +193,7 @@ impl Conn {
         }
         drop(data_deadline);
         data::close_tls(stream);
-        match self.control.expect("end of transfer", &[226, 250]) {
+        match self.control.answer("end of transfer", &[226, 250]) {
             Ok(_) => Ok(()),
             // A refusal (426, 451) still ends the transfer: the connection is in step.
             Err(e) if !self.control.is_broken() => {
@@ -215,7 +215,7 @@ impl Conn {
             self.ahead = None;
         }
         self.control.send(&["NOOP"])?;
-        self.control.expect("NOOP", &[200])?;
+        self.control.answer("NOOP", &[200])?;
         self.last_contact = Instant::now();
         self.arm(epsv, &[], timeout, deadline, stats)
     }

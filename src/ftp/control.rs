@@ -139,9 +139,9 @@ impl<T: Transport> Control<T> {
         result
     }
 
-    /// Like `expect` for a command about a path (`RETR`, `MLST`, `CWD`, ...): a `501` is the
+    /// Like `answer` for a command about a path (`RETR`, `MLST`, `CWD`, ...): a `501` is the
     /// server refusing the path itself (pyftpdlib: "501 No such directory"), like a `550`.
-    pub(crate) fn expect_path(&mut self, what: &str, ok: &[u16]) -> Result<Reply, RemoteError> {
+    pub(crate) fn answer_about_path(&mut self, what: &str, ok: &[u16]) -> Result<Reply, RemoteError> {
         let reply = self.reply()?;
         if ok.contains(&reply.code) {
             return Ok(reply);
@@ -155,7 +155,7 @@ impl<T: Transport> Control<T> {
     /// Reads the next reply and checks it answers `what` with one of `ok`. A refusal (4xx or
     /// 5xx) is returned as an error that leaves the connection usable (except 421, after which
     /// the server closes); any other unexpected code means the replies are out of step.
-    pub(crate) fn expect(&mut self, what: &str, ok: &[u16]) -> Result<Reply, RemoteError> {
+    pub(crate) fn answer(&mut self, what: &str, ok: &[u16]) -> Result<Reply, RemoteError> {
         let reply = self.reply()?;
         if ok.contains(&reply.code) {
             return Ok(reply);
@@ -328,8 +328,8 @@ mod tests {
     fn pipelined_commands_go_out_in_one_write_and_replies_come_back_in_order() {
         let (mut c, server) = scripted(b"350 Restart position accepted (100).\r\n150 Opening (5 bytes).\r\n");
         c.send(&["REST 100", "RETR /f"]).expect("send");
-        assert_eq!(c.expect("REST", &[350]).expect("350").text(), "Restart position accepted (100).");
-        assert_eq!(c.expect("RETR", &[125, 150]).expect("150").code, 150);
+        assert_eq!(c.answer("REST", &[350]).expect("350").text(), "Restart position accepted (100).");
+        assert_eq!(c.answer("RETR", &[125, 150]).expect("150").code, 150);
         assert_eq!(server.join().expect("server"), b"REST 100\r\nRETR /f\r\n");
         assert!(!c.is_broken());
     }
@@ -338,8 +338,8 @@ mod tests {
     fn a_refusal_of_one_pipelined_command_is_unavailable_and_keeps_the_connection() {
         let (mut c, _server) = scripted(b"350 Restarting at 7\r\n550 No such file\r\n");
         c.send(&["REST 7", "RETR /missing"]).expect("send");
-        c.expect("REST", &[350]).expect("350");
-        let err = c.expect("RETR /missing", &[125, 150]).expect_err("refused");
+        c.answer("REST", &[350]).expect("350");
+        let err = c.answer("RETR /missing", &[125, 150]).expect_err("refused");
         assert!(matches!(err, RemoteError::Unavailable(_)), "{err:?}");
         assert!(!c.is_broken(), "the server answered the command: still in step");
     }
@@ -348,7 +348,7 @@ mod tests {
     fn an_unexpected_positive_reply_means_out_of_step_and_breaks_the_connection() {
         let (mut c, _server) = scripted(b"226 Transfer complete.\r\n");
         c.send(&["REST 7"]).expect("send");
-        let err = c.expect("REST", &[350]).expect_err("out of step");
+        let err = c.answer("REST", &[350]).expect_err("out of step");
         assert!(matches!(err, RemoteError::Protocol(_)), "{err:?}");
         assert!(c.is_broken());
     }
@@ -358,10 +358,10 @@ mod tests {
         let (mut c, _server) =
             scripted(b"250-Begin\r\n type=file;size=5; /f\r\n2500 is not the closing line\r\n250 End.\r\n200 next\r\n");
         c.send(&["MLST /f", "NOOP"]).expect("send");
-        let mlst = c.expect("MLST", &[250]).expect("250");
+        let mlst = c.answer("MLST", &[250]).expect("250");
         assert_eq!(mlst.lines.len(), 4, "{mlst:?}");
         assert_eq!(mlst.lines[1], " type=file;size=5; /f");
-        assert_eq!(c.expect("NOOP", &[200]).expect("200").text(), "next");
+        assert_eq!(c.answer("NOOP", &[200]).expect("200").text(), "next");
     }
 
     #[test]
@@ -406,7 +406,7 @@ mod tests {
     fn too_many_connections_and_login_refusals_keep_their_kind() {
         let (mut c, _server) = scripted(b"421 Too many connections\r\n");
         c.send(&["NOOP"]).expect("send");
-        assert!(matches!(c.expect("NOOP", &[200]), Err(RemoteError::TooManyConnections(_))));
+        assert!(matches!(c.answer("NOOP", &[200]), Err(RemoteError::TooManyConnections(_))));
         assert!(c.is_broken(), "the server closes after 421");
     }
 }

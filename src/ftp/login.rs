@@ -110,11 +110,11 @@ fn login_before(
     commands.extend(["TYPE I", "FEAT"]);
     control.send(&commands)?;
     if ep.implicit {
-        control.expect("PBSZ 0", &[200]).map_err(refused_tls)?;
-        control.expect("PROT P", &[200]).map_err(refused_tls)?;
+        control.answer("PBSZ 0", &[200]).map_err(refused_tls)?;
+        control.answer("PROT P", &[200]).map_err(refused_tls)?;
     }
-    control.expect("TYPE I", &[200])?;
-    let mlst = match control.expect("FEAT", &[211]) {
+    control.answer("TYPE I", &[200])?;
+    let mlst = match control.answer("FEAT", &[211]) {
         Ok(features) => offers_mlst(&features),
         Err(_) if !control.is_broken() => false,
         Err(e) => return Err(e),

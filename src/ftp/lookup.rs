@@ -69,7 +69,7 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
     };
     let mut failure: Option<RemoteError> = None;
     if stream.is_none() {
-        match conn.control.expect(passive, &[if epsv { 229 } else { 227 }]) {
+        match conn.control.answer(passive, &[if epsv { 229 } else { 227 }]) {
             Ok(reply) => {
                 let addr = data::passive_address(&reply, conn.peer).inspect_err(|_| conn.control.set_broken())?;
                 let sock = data::connect(addr, &conn.flights, remaining(deadline)?, timeout)
@@ -85,7 +85,7 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
         }
     }
     if dialect == Dialect::List {
-        match conn.control.expect_path(&format!("CWD {dir}"), &[250]) {
+        match conn.control.answer_about_path(&format!("CWD {dir}"), &[250]) {
             Ok(_) => {}
             Err(e) if conn.control.is_broken() => return Err(e),
             Err(e) => {
@@ -93,7 +93,7 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
             }
         }
     }
-    let started = match conn.control.expect_path(&command, &[125, 150]) {
+    let started = match conn.control.answer_about_path(&command, &[125, 150]) {
         Ok(_) => true,
         Err(e) if conn.control.is_broken() => return Err(e),
         Err(e) => {
@@ -136,7 +136,7 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
     }
     data::close_tls(stream);
     let _closing = conn.control.deadline(timeout);
-    conn.control.expect(&format!("end of {command}"), &[226, 250])?;
+    conn.control.answer(&format!("end of {command}"), &[226, 250])?;
     Ok((split_lines(&raw), dialect))
 }
 
@@ -185,7 +185,7 @@ pub(crate) fn stat(lease: &mut Lease, path: &str, deadline: Instant) -> Result<O
     let _exchange = conn.control.deadline(remaining(deadline)?);
     if conn.mlst {
         conn.control.send(&[format!("MLST {path}")])?;
-        return match conn.control.expect(&format!("MLST {path}"), &[250]) {
+        return match conn.control.answer(&format!("MLST {path}"), &[250]) {
             Ok(reply) => {
                 let entry = mlst_entry(&reply, "x").map_err(|e| RemoteError::Protocol(format!("MLST {path}: {e}")))?;
                 Ok(entry.map(|e| RemoteEntry { name, ..e }))
@@ -197,7 +197,7 @@ pub(crate) fn stat(lease: &mut Lease, path: &str, deadline: Instant) -> Result<O
     conn.control.send(&[format!("SIZE {path}"), format!("MDTM {path}"), format!("CWD {path}")])?;
     let mut answers = Vec::with_capacity(3);
     for (what, code) in [("SIZE", 213), ("MDTM", 213), ("CWD", 250)] {
-        match conn.control.expect(&format!("{what} {path}"), &[code]) {
+        match conn.control.answer(&format!("{what} {path}"), &[code]) {
             Ok(reply) => answers.push(Some(reply.text())),
             Err(e) if conn.control.is_broken() => return Err(e),
             Err(_) => answers.push(None),

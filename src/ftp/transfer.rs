@@ -109,7 +109,7 @@ pub(crate) fn open(
             Check::Mlst => ("MLST", 250),
             Check::Size => ("SIZE", 213),
         };
-        match conn.control.expect_path(&format!("{verb} {path}"), &[code]) {
+        match conn.control.answer_about_path(&format!("{verb} {path}"), &[code]) {
             Ok(reply) => {
                 if let Err(e) = verify(check, &reply, path, version) {
                     failure = Some(e);
@@ -120,7 +120,7 @@ pub(crate) fn open(
         }
     }
     if stream.is_none() {
-        match conn.control.expect(passive, &[if epsv { 229 } else { 227 }]) {
+        match conn.control.answer(passive, &[if epsv { 229 } else { 227 }]) {
             Ok(reply) => {
                 // The server now waits for this connection before it answers RETR: any
                 // failure from here leaves it in a state we cannot follow.
@@ -141,7 +141,7 @@ pub(crate) fn open(
         }
     }
     if offset > 0 {
-        match conn.control.expect("REST", &[350]) {
+        match conn.control.answer("REST", &[350]) {
             Ok(reply) if rest_confirms(&reply, offset) => {}
             Ok(reply) => {
                 conn.control.set_broken();
@@ -158,7 +158,7 @@ pub(crate) fn open(
             }
         }
     }
-    let started = match conn.control.expect_path(&format!("RETR {path}"), &[125, 150]) {
+    let started = match conn.control.answer_about_path(&format!("RETR {path}"), &[125, 150]) {
         Ok(reply) => Some(reply),
         Err(e) if conn.control.is_broken() => return Err(e),
         Err(e) => {
