@@ -271,6 +271,21 @@ pub(crate) fn mlst_entry(
     let line = reply.lines.get(1).map(|l| l.trim_start()).unwrap_or("");
     // The facts line names the path after the facts; only the facts matter here.
     let facts = line.split_once("; ").map_or(line, |(f, _)| f);
+    // A listing skips the `cdir`/`pdir` entries; MLST of a directory may describe it so
+    // (RFC 3659 7.5.1), and then it is simply a directory.
+    let facts: String = facts
+        .split(';')
+        .map(|fact| match fact.split_once('=') {
+            Some((k, v))
+                if k.eq_ignore_ascii_case("type")
+                    && (v.eq_ignore_ascii_case("cdir") || v.eq_ignore_ascii_case("pdir")) =>
+            {
+                "type=dir"
+            }
+            _ => fact,
+        })
+        .collect::<Vec<_>>()
+        .join(";");
     parse_mlsd_line(&format!("{facts}; {name}"))
 }
 
@@ -513,6 +528,17 @@ mod tests {
         assert!(matches!(verify(Check::Mlst, &r, "/big.bin", older), Err(RemoteError::Changed(_))));
         let shorter = Version { size: 10, mtime: version.mtime };
         assert!(matches!(verify(Check::Mlst, &r, "/big.bin", shorter), Err(RemoteError::Changed(_))));
+    }
+
+    #[test]
+    fn an_mlst_of_a_directory_described_as_cdir_is_a_directory() {
+        let r = Reply {
+            code: 250,
+            lines: vec!["250-Listing /d".into(), " type=cdir;modify=20261127184037; /d".into(), "250 End.".into()],
+        };
+        let entry = mlst_entry(&r, "d").expect("parse").expect("an entry");
+        assert_eq!(entry.kind, crate::remote::EntryKind::Dir);
+        assert_eq!(entry.name, "d");
     }
 
     #[test]
