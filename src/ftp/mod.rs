@@ -12,9 +12,9 @@
 //! Time is bounded everywhere: `open`, `list` and `stat` each get one deadline of `--timeout`
 //! covering the wait for a connection, a login if one is needed, and the exchange (watchdog
 //! deadlines on the sockets, `watchdog.rs`); each `read` fails when the data connection moves
-//! less than 16 KiB in a `--timeout`. The only retry is one immediate retry on another
-//! connection when a pooled connection turns out to have been closed by the server while
-//! idle, before any byte arrived.
+//! less than 16 KiB in a `--timeout`. Within its deadline an operation is tried again after
+//! quick failures (a refused connection, a pooled connection the server had closed while
+//! idle), never after a timeout: retries never multiply the wait.
 
 mod conn;
 mod control;
@@ -68,25 +68,48 @@ impl FtpsRemote {
         Instant::now() + self.pool.timeout()
     }
 
-    /// Runs `op` on a pooled connection, once more on another connection if the first was a
-    /// pooled one the server had closed while it sat idle (the failure shows as a reset or
-    /// end of stream on the first exchange).
-    fn with_connection<T>(
+    /// Runs `op` on a connection from the pool until it succeeds or `deadline` passes. A
+    /// pooled connection the server had closed while it sat idle (a reset or end of stream on
+    /// its first exchange) is replaced at once, once. Quick failures (a refused or reset
+    /// connection, a server out of step, too many connections) are tried again after a
+    /// growing pause, so a server restarting for a second is ridden out; a timeout is not,
+    /// as it has used the whole deadline already. All tries share the one deadline: retries
+    /// never multiply the time a caller waits.
+    fn retrying<T>(
         &self,
         deadline: Instant,
-        mut op: impl FnMut(&mut pool::Lease) -> Result<T, RemoteError>,
+        mut op: impl FnMut(pool::Lease) -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
-        let mut retried = false;
+        let mut pause = Duration::from_millis(100);
+        let mut replaced_idle = false;
         loop {
-            let mut lease = self.pool.get(deadline)?;
-            match op(&mut lease) {
-                Err(e) if !retried && lease.pooled && closed_while_idle(&e) => {
-                    log::info!("a pooled connection was gone ({e}); trying another once");
-                    Stats::add(&self.stats.retries, 1);
-                    retried = true;
+            let failure = match self.pool.get(deadline) {
+                Err(e) => e,
+                Ok(lease) => {
+                    let pooled = lease.pooled;
+                    match op(lease) {
+                        Ok(v) => return Ok(v),
+                        Err(e) if pooled && !replaced_idle && closed_while_idle(&e) => {
+                            log::info!("a pooled connection was gone ({e}); trying another");
+                            Stats::add(&self.stats.retries, 1);
+                            replaced_idle = true;
+                            continue;
+                        }
+                        Err(e) => e,
+                    }
                 }
-                other => return other,
+            };
+            let quick = matches!(
+                failure,
+                RemoteError::Connect { .. } | RemoteError::TooManyConnections(_) | RemoteError::Protocol(_)
+            );
+            if !quick || Instant::now() + pause >= deadline {
+                return Err(failure);
             }
+            log::info!("retrying in {pause:?} after: {failure}");
+            Stats::add(&self.stats.retries, 1);
+            std::thread::sleep(pause);
+            pause *= 2;
         }
     }
 }
@@ -108,7 +131,7 @@ fn closed_while_idle(e: &RemoteError) -> bool {
 impl Remote for FtpsRemote {
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
         let deadline = self.deadline();
-        let (lines, dialect) = self.with_connection(deadline, |lease| lookup::list(lease, dir, deadline))?;
+        let (lines, dialect) = self.retrying(deadline, |mut lease| lookup::list(&mut lease, dir, deadline))?;
         Stats::add(&self.stats.listings, 1);
         let parsed = listing::parse_listing(&lines, dialect, SystemTime::now());
         for w in parsed.warnings.iter().take(20) {
@@ -119,7 +142,7 @@ impl Remote for FtpsRemote {
 
     fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
         let deadline = self.deadline();
-        self.with_connection(deadline, |lease| lookup::stat(lease, path, deadline))
+        self.retrying(deadline, |mut lease| lookup::stat(&mut lease, path, deadline))
     }
 
     fn open(
@@ -133,20 +156,8 @@ impl Remote for FtpsRemote {
             return Ok(Box::new(AtEnd(offset)));
         }
         let deadline = self.deadline();
-        let mut retried = false;
-        loop {
-            let lease = self.pool.get(deadline)?;
-            let pooled = lease.pooled;
-            match transfer::open(lease, path, offset, version, intent, deadline) {
-                Ok(reader) => return Ok(Box::new(reader)),
-                Err(e) if !retried && pooled && closed_while_idle(&e) => {
-                    log::info!("a pooled connection was gone ({e}); trying another once");
-                    Stats::add(&self.stats.retries, 1);
-                    retried = true;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let reader = self.retrying(deadline, |lease| transfer::open(lease, path, offset, version, intent, deadline))?;
+        Ok(Box::new(reader))
     }
 
     fn parallelism(&self) -> usize {
@@ -155,11 +166,13 @@ impl Remote for FtpsRemote {
 
     /// TRANSITIONAL (removed with the push-style API when the new block layer is merged):
     /// reads with `open` from `offset` until `sink` declines or the file ends, resuming a
-    /// broken transfer at the exact byte a few times.
+    /// broken transfer at the exact byte. Quick failures (a refused or reset connection) are
+    /// retried with a growing pause for as long as the transfer has made progress within the
+    /// last `--timeout`: a server that is briefly unreachable is ridden out, one that stays
+    /// silent fails the read after about `--timeout`, never a multiple of it.
     fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
-        const ATTEMPTS: u32 = 4;
         let mut total = 0u64;
-        let mut attempt = 0;
+        let mut attempt = 0u32;
         let mut last_progress = Instant::now();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -190,10 +203,9 @@ impl Remote for FtpsRemote {
                 },
             };
             attempt += 1;
-            // A server that made no progress for a whole timeout gets no more chances: a
-            // stalled server fails the read after about --timeout, not a multiple of it.
-            let stalled = last_progress.elapsed() >= self.pool.timeout();
-            if attempt >= ATTEMPTS || stalled || !failure.is_transient() {
+            let pause = Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(6) - 1);
+            let give_up_at = last_progress + self.pool.timeout();
+            if !failure.is_transient() || Instant::now() + pause >= give_up_at {
                 return Err(if total > 0 {
                     RemoteError::Partial { delivered: total, cause: Box::new(failure) }
                 } else {
@@ -202,7 +214,7 @@ impl Remote for FtpsRemote {
             }
             log::info!("transfer of {path:?} broke at {}: {failure}; resuming", offset + total);
             Stats::add(&self.stats.retries, 1);
-            std::thread::sleep(Duration::from_millis(100) * attempt);
+            std::thread::sleep(pause);
         }
     }
 }
