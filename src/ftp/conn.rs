@@ -155,7 +155,17 @@ impl Conn {
             skipped += 1;
         };
         let addr = data::passive_address(&reply, self.peer)?;
-        let sock = data::connect(addr, &self.flights, remaining(deadline)?, timeout)?;
+        let sock = match data::connect(addr, &self.flights, remaining(deadline)?, timeout) {
+            Ok(sock) => sock,
+            // The control connection is in step (its PASV was answered); only the data
+            // connection failed, so the connection stays, and the next request opens a data
+            // connection of its own (its PASV replaces this one on the server).
+            Err(e) => {
+                log::info!("could not open a data connection ahead: {e}");
+                self.last_contact = Instant::now();
+                return Ok(());
+            }
+        };
         self.ahead = Some(Ahead { sock, since: Instant::now() });
         self.last_contact = Instant::now();
         Stats::add(&stats.armed, 1);
