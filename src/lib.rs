@@ -24,3 +24,6 @@ mod stats;
 mod stats_view;
 
 pub use app::main;
+/// The FTPS transport without a mount, for transport tests and measurements (not a stable API).
+#[doc(hidden)]
+pub use ftp::probe;

@@ -24,7 +24,7 @@ counters! {
     cache_misses: "Blocks that had to come from the server.",
     net_bytes: "File bytes received on data connections.",
     retrs: "RETR commands sent.",
-    aborts: "Transfers stopped early with ABOR.",
+    aborts: "Transfers ended before the end of the file (the reader closed early).",
     listings: "Directory listings fetched (MLSD or LIST).",
     logins: "Control connections opened and logged in.",
     reconnects: "Connections discarded after an error and replaced.",
@@ -33,6 +33,11 @@ counters! {
     read_errors: "Reads that failed with an error returned to the caller.",
     cache_write_errors: "Blocks that could not be written to the disk cache.",
     prefetched_blocks: "Blocks fetched ahead of the reader.",
+    round_trips: "Times a request waited for the server after sending to it (replies, TCP connects, TLS flights).",
+    background_round_trips: "The same waits of connections being re-armed or cleaned up off the request path.",
+    armed: "Data connections opened ahead on idle connections (PASV answered, TCP connected).",
+    stale_arms: "Data connections opened ahead that the server had closed by the time a request took them.",
+    link_bytes: "Bytes received on data connections as TCP counted them (TLS included): what crossed the link.",
 }
 
 impl Stats {

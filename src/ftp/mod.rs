@@ -1,26 +1,48 @@
-//! The FTPS implementation of `Remote`: pooled connections, retries, resumption at the exact
-//! offset after a broken transfer.
+//! The FTPS implementation of `Remote`.
+//!
+//! Following one read down: `FtpsRemote::open` takes a connection from the pool
+//! (`pool.rs`: idle and ready, or tended and nearly ready, or a new login in `login.rs`), then
+//! `transfer::open` sends `REST` + `RETR` in one write on its control channel (`control.rs`),
+//! sends the ClientHello on the data connection opened ahead (`data.rs`, TLS from `tls.rs`)
+//! and reads the replies in order. The returned `FtpsReader` decrypts the data connection's
+//! records straight into the caller's buffers (`wire.rs` brings them in with few system
+//! calls). Closing the reader hands the connection back; an arming job brings it back in step
+//! and opens the next data connection (`conn.rs`) while the caller moves on.
+//!
+//! Time is bounded everywhere: `open`, `list` and `stat` each get one deadline of `--timeout`
+//! covering the wait for a connection, a login if one is needed, and the exchange (watchdog
+//! deadlines on the sockets, `watchdog.rs`); each `read` fails when the data connection moves
+//! less than 16 KiB in a `--timeout`. Within its deadline an operation is tried again after
+//! quick failures (a refused connection, a pooled connection the server had closed while
+//! idle), never after a timeout: retries never multiply the wait.
 
-pub mod conn;
-pub mod pool;
+mod conn;
+mod control;
+mod data;
+mod login;
+mod lookup;
+mod pool;
+pub mod probe;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 pub mod tls;
+mod transfer;
 pub mod watchdog;
+mod wire;
 
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::RemoteError;
-use crate::listing::{self, Dialect};
+use crate::listing;
 use crate::remote::{Intent, RangeReader, Remote, RemoteEntry, Sink, Version};
 use crate::stats::Stats;
 
-pub use conn::Endpoint;
+pub use login::Endpoint;
 pub use pool::Pool;
-
-/// Attempts per operation; with the backoff below a dead server fails a read in well under
-/// a minute on top of the per-command timeout.
-const ATTEMPTS: u32 = 4;
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 pub struct FtpsRemote {
     pool: Arc<Pool>,
@@ -32,217 +54,182 @@ impl FtpsRemote {
         FtpsRemote { pool, stats }
     }
 
-    /// Logs in once and lists `dir`, so the mount can refuse to start with a clear reason.
+    /// Logs in once, lists `dir` and opens a data connection ahead, so the mount can refuse
+    /// to start with a clear reason and its first read finds a connection ready.
     pub fn check(&self, dir: &str) -> Result<(), RemoteError> {
-        let mut lease = self.pool.get()?;
-        let result = lease.with(|c| c.list_lines(dir));
-        if result.is_err() {
-            lease.discard();
-        }
-        result.map(|_| ())
+        let deadline = Instant::now() + self.pool.timeout() * 2;
+        let mut lease = self.pool.get(deadline)?;
+        lookup::list(&mut lease, dir, deadline)?;
+        let (epsv, timeout) = (self.pool.epsv(), self.pool.timeout());
+        lease.conn()?.settle_and_arm(epsv, timeout, &self.stats)
     }
 
-    fn backoff(&self, attempt: u32, err: &RemoteError, deadline: Instant) -> bool {
-        if attempt + 1 >= ATTEMPTS || !err.is_transient() {
-            return false;
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.pool.timeout()
+    }
+
+    /// Runs `op` on a connection from the pool until it succeeds or `deadline` passes. A
+    /// pooled connection the server had closed while it sat idle (a reset or end of stream on
+    /// its first exchange) is replaced at once, once. Quick failures (a refused or reset
+    /// connection, a server out of step, too many connections) are tried again after a
+    /// growing pause, so a server restarting for a second is ridden out; a timeout is not,
+    /// as it has used the whole deadline already. All tries share the one deadline: retries
+    /// never multiply the time a caller waits.
+    fn retrying<T>(
+        &self,
+        deadline: Instant,
+        mut op: impl FnMut(pool::Lease) -> Result<T, RemoteError>,
+    ) -> Result<T, RemoteError> {
+        let mut pause = Duration::from_millis(100);
+        let mut replaced_idle = false;
+        loop {
+            let failure = match self.pool.get(deadline) {
+                Err(e) => e,
+                Ok(lease) => {
+                    let pooled = lease.pooled;
+                    match op(lease) {
+                        Ok(v) => return Ok(v),
+                        Err(e) if pooled && !replaced_idle && closed_while_idle(&e) => {
+                            log::info!("a pooled connection was gone ({e}); trying another");
+                            Stats::add(&self.stats.retries, 1);
+                            replaced_idle = true;
+                            continue;
+                        }
+                        Err(e) => e,
+                    }
+                }
+            };
+            let quick = matches!(
+                failure,
+                RemoteError::Connect { .. } | RemoteError::TooManyConnections(_) | RemoteError::Protocol(_)
+            );
+            if !quick || Instant::now() + pause >= deadline {
+                return Err(failure);
+            }
+            log::info!("retrying in {pause:?} after: {failure}");
+            Stats::add(&self.stats.retries, 1);
+            std::thread::sleep(pause);
+            pause *= 2;
         }
-        let wait = FIRST_BACKOFF * 2u32.pow(attempt);
-        if Instant::now() + wait > deadline {
-            return false;
-        }
-        Stats::add(&self.stats.retries, 1);
-        log::info!("retrying after: {err}");
-        std::thread::sleep(wait);
-        true
     }
 }
 
-impl Remote for FtpsRemote {
-    fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
-        // Lookups now stat paths instead of listing parents, so a stat meets the same refused
-        // connections (421) and dropped idle connections as a listing: retry as `list` does.
-        let deadline = Instant::now() + self.pool.timeout() * 2;
-        let mut attempt = 0;
-        loop {
-            let result = self.pool.get().and_then(|mut lease| {
-                let result = lease.with(|c| c.stat(path));
-                if let Err(e) = &result
-                    && !matches!(e, RemoteError::Unavailable(_))
-                {
-                    lease.discard();
-                }
-                result
-            });
-            match result {
-                Ok(entry) => return Ok(entry),
-                Err(e) => {
-                    if !self.backoff(attempt, &e, deadline) {
-                        return Err(e);
-                    }
-                    attempt += 1;
-                }
-            }
+/// Errors that mean the server had closed the connection before this request used it.
+fn closed_while_idle(e: &RemoteError) -> bool {
+    matches!(
+        e,
+        RemoteError::Connect {
+            kind: io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted,
+            ..
         }
+    )
+}
+
+impl Remote for FtpsRemote {
+    fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
+        let deadline = self.deadline();
+        let (lines, dialect) = self.retrying(deadline, |mut lease| lookup::list(&mut lease, dir, deadline))?;
+        Stats::add(&self.stats.listings, 1);
+        let parsed = listing::parse_listing(&lines, dialect, SystemTime::now());
+        for w in parsed.warnings.iter().take(20) {
+            log::warn!("listing of {dir:?}: {w}");
+        }
+        Ok(parsed.entries)
+    }
+
+    fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
+        let deadline = self.deadline();
+        self.retrying(deadline, |mut lease| lookup::stat(&mut lease, path, deadline))
+    }
+
+    fn open(
+        &self,
+        path: &str,
+        offset: u64,
+        version: Version,
+        intent: Intent,
+    ) -> Result<Box<dyn RangeReader>, RemoteError> {
+        if offset >= version.size {
+            return Ok(Box::new(AtEnd(offset)));
+        }
+        let deadline = self.deadline();
+        let reader = self.retrying(deadline, |lease| transfer::open(lease, path, offset, version, intent, deadline))?;
+        Ok(Box::new(reader))
     }
 
     fn parallelism(&self) -> usize {
         self.pool.limit()
     }
 
-    /// TRANSITIONAL (base branch): runs the push-style `read_from` on a thread and hands its
-    /// chunks over a small channel; the issue 7 rewrite replaces this with a reader on the
-    /// data connection itself.
-    fn open(
-        &self,
-        path: &str,
-        offset: u64,
-        version: Version,
-        _intent: Intent,
-    ) -> Result<Box<dyn RangeReader>, RemoteError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, RemoteError>>(4);
-        let remote = FtpsRemote { pool: Arc::clone(&self.pool), stats: Arc::clone(&self.stats) };
-        let path = path.to_string();
-        std::thread::Builder::new()
-            .name("mastfs-transfer".into())
-            .spawn(move || {
-                let mut sink = |chunk: &[u8]| tx.send(Ok(chunk.to_vec())).is_ok();
-                let result = remote.read_from(&path, offset, version, &mut sink);
-                if let Err(e) = result {
-                    let _ = tx.send(Err(e));
-                } else {
-                    let _ = tx.send(Ok(Vec::new()));
-                }
-            })
-            .map_err(|e| RemoteError::io(&e, "starting a transfer thread"))?;
-        let first = rx.recv().map_err(|_| RemoteError::Protocol("transfer thread ended".into()))??;
-        Ok(Box::new(ChannelReader { rx: Some(rx), pending: first, at: 0, position: offset, done: false }))
-    }
-
-    fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
-        let deadline = Instant::now() + self.pool.timeout() * 2;
-        let mut attempt = 0;
-        loop {
-            let result = self.pool.get().and_then(|mut lease| {
-                let dialect = lease.with(|c| Ok(if c.mlsd { Dialect::Mlsd } else { Dialect::List }))?;
-                let lines = lease.with(|c| c.list_lines(dir));
-                if let Err(e) = &lines
-                    && !matches!(e, RemoteError::Unavailable(_))
-                {
-                    lease.discard();
-                }
-                lines.map(|l| (l, dialect))
-            });
-            match result {
-                Ok((lines, dialect)) => {
-                    Stats::add(&self.stats.listings, 1);
-                    let parsed = listing::parse_listing(&lines, dialect, SystemTime::now());
-                    for w in parsed.warnings.iter().take(20) {
-                        log::warn!("listing of {dir:?}: {w}");
-                    }
-                    return Ok(parsed.entries);
-                }
-                Err(e) => {
-                    if !self.backoff(attempt, &e, deadline) {
-                        return Err(e);
-                    }
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
+    /// TRANSITIONAL (removed with the push-style API when the new block layer is merged):
+    /// reads with `open` from `offset` until `sink` declines or the file ends, resuming a
+    /// broken transfer at the exact byte. Quick failures (a refused or reset connection) are
+    /// retried with a growing pause for as long as the transfer has made progress within the
+    /// last `--timeout`: a server that is briefly unreachable is ridden out, one that stays
+    /// silent fails the read after about `--timeout`, never a multiple of it.
     fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
-        let mut deadline = Instant::now() + self.pool.timeout() * 2;
         let mut total = 0u64;
-        let mut attempt = 0;
+        let mut attempt = 0u32;
+        let mut last_progress = Instant::now();
+        let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let result = self.pool.get().and_then(|mut lease| {
-                Stats::add(&self.stats.retrs, 1);
-                let stats = &self.stats;
-                let mut counting = |chunk: &[u8]| {
-                    Stats::add(&stats.net_bytes, chunk.len() as u64);
-                    sink(chunk)
-                };
-                match lease.with(|c| c.read_from(path, offset + total, version, &mut counting)) {
-                    Ok(t) => {
-                        if t.aborted {
-                            Stats::add(&stats.aborts, 1);
+            let at = offset + total;
+            let failure = match self.open(path, at, version, Intent::Run { end: version.size }) {
+                Err(e) => e,
+                Ok(mut reader) => loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) => {
+                            reader.close();
+                            return Ok(total);
                         }
-                        if !t.reusable {
-                            lease.discard();
+                        Ok(n) => {
+                            total += n as u64;
+                            // Progress was made: the retry budget starts afresh.
+                            attempt = 0;
+                            last_progress = Instant::now();
+                            if !sink(&buf[..n]) {
+                                reader.close();
+                                return Ok(total);
+                            }
                         }
-                        Ok(t.delivered)
-                    }
-                    Err(e) => {
-                        if !matches!(e, RemoteError::Unavailable(_)) {
-                            lease.discard();
+                        Err(e) => {
+                            reader.close();
+                            break e;
                         }
-                        Err(e)
                     }
-                }
-            });
-            match result {
-                Ok(n) => return Ok(total + n),
-                Err(RemoteError::Partial { delivered, cause }) => {
-                    // Bytes that reached the sink are final; carry on exactly after them.
-                    total += delivered;
-                    // Progress was made: the retry budget starts afresh from here.
-                    attempt = 0;
-                    deadline = Instant::now() + self.pool.timeout() * 2;
-                    log::info!("transfer of {path:?} broke at {}: {cause}; resuming", offset + total);
-                    if !self.backoff(attempt, &cause, deadline) {
-                        return Err(RemoteError::Partial { delivered: total, cause });
-                    }
-                }
-                Err(e) => {
-                    if !self.backoff(attempt, &e, deadline) {
-                        return Err(if total > 0 {
-                            RemoteError::Partial { delivered: total, cause: Box::new(e) }
-                        } else {
-                            e
-                        });
-                    }
-                    attempt += 1;
-                }
+                },
+            };
+            attempt += 1;
+            let pause = Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(6) - 1);
+            let give_up_at = last_progress + self.pool.timeout();
+            if !failure.is_transient() || Instant::now() + pause >= give_up_at {
+                return Err(if total > 0 {
+                    RemoteError::Partial { delivered: total, cause: Box::new(failure) }
+                } else {
+                    failure
+                });
             }
+            log::info!("transfer of {path:?} broke at {}: {failure}; resuming", offset + total);
+            Stats::add(&self.stats.retries, 1);
+            std::thread::sleep(pause);
         }
     }
 }
 
-/// TRANSITIONAL: the reading end of `FtpsRemote::open`'s channel.
-#[allow(dead_code)]
-struct ChannelReader {
-    rx: Option<std::sync::mpsc::Receiver<Result<Vec<u8>, RemoteError>>>,
-    pending: Vec<u8>,
-    at: usize,
-    position: u64,
-    done: bool,
-}
+/// A read at or past the end of the file: nothing to fetch.
+struct AtEnd(u64);
 
-impl RangeReader for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, RemoteError> {
-        while self.at >= self.pending.len() {
-            if self.done {
-                return Ok(0);
-            }
-            let rx = self.rx.as_ref().ok_or_else(|| RemoteError::Protocol("reader closed".into()))?;
-            let next = rx.recv().map_err(|_| RemoteError::Protocol("transfer thread ended".into()))??;
-            self.done = next.is_empty();
-            self.pending = next;
-            self.at = 0;
-        }
-        let n = buf.len().min(self.pending.len() - self.at);
-        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-        self.at += n;
-        self.position += n as u64;
-        Ok(n)
+impl RangeReader for AtEnd {
+    fn read(&mut self, _buf: &mut [u8]) -> Result<usize, RemoteError> {
+        Ok(0)
     }
 
     fn position(&self) -> u64 {
-        self.position
+        self.0
     }
 
-    fn close(mut self: Box<Self>) {
-        self.rx.take();
-    }
+    fn close(self: Box<Self>) {}
 }

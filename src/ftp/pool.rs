@@ -1,17 +1,30 @@
-//! A bounded pool of logged-in control connections.
+//! A bounded pool of logged-in connections, each kept ready for its next request.
 //!
 //! Logging in costs TCP + TLS + USER/PASS + TYPE, several round trips; a pooled connection
-//! makes a cold read cost only PASV + data connect + resumed TLS + REST/RETR. The limit drops
-//! when the server answers 421 (too many connections) and creeps back up later, as lftp does,
-//! because MAST's per-user limit is not published.
+//! with a data connection opened ahead makes a cold read cost only `REST`+`RETR` and a resumed
+//! TLS handshake. After each use a connection is tended off the request path by an arming job
+//! (a short-lived thread per returned connection: see `Conn::settle_and_arm`) and comes back
+//! to the idle list ready. The limit drops when the server answers 421 (too many connections)
+//! and creeps back up later, as lftp does, because MAST's per-user limit is not published.
+//!
+//! Threads: request threads (`get`, and dropping a `Lease`), arming jobs (one per connection
+//! being tended, ending when it is idle again or dropped) and the keep-alive thread all take
+//! the one `state` lock, briefly, never while talking to the server and never with another
+//! lock held. Connections are only ever dropped (their sockets closed) after the lock is
+//! released.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 
-use super::conn::{Conn, Endpoint};
+use super::conn::Conn;
+use super::login::{Endpoint, login};
+use super::tls::{KxHint, server_name};
+use super::wire::Flights;
 use crate::error::RemoteError;
 use crate::stats::Stats;
 
@@ -22,28 +35,50 @@ const IDLE_CLOSE: Duration = Duration::from_secs(300);
 /// After a 421, the limit stays lowered at least this long before growing by one.
 const LIMIT_RECOVERY: Duration = Duration::from_secs(30);
 
+const SIZE_UNKNOWN: u8 = 0;
+const SIZE_ANNOUNCED: u8 = 1;
+const SIZE_NOT_ANNOUNCED: u8 = 2;
+
 struct State {
     idle: Vec<Conn>,
-    /// Connections checked out or being opened.
-    busy: usize,
+    /// Connections held by requests.
+    leased: usize,
+    /// Connections with an arming job or the keep-alive thread.
+    tending: usize,
+    /// Logins in progress.
+    opening: usize,
+    /// Requests waiting for a tended connection rather than logging in a new one.
+    awaiting_tended: usize,
     limit: usize,
     lowered_at: Option<Instant>,
+}
+
+impl State {
+    fn live(&self) -> usize {
+        self.idle.len() + self.leased + self.tending + self.opening
+    }
 }
 
 pub struct Pool {
     endpoint: Endpoint,
     tls: ClientConfig,
+    kx: Arc<KxHint>,
     max: usize,
+    /// Whether the server states the file size in its RETR reply (vsftpd does), which makes
+    /// a separate version check before each RETR unnecessary.
+    announces_size: AtomicU8,
     state: Mutex<State>,
     freed: Condvar,
     stats: Arc<Stats>,
 }
 
-/// A checked-out connection; goes back to the pool on drop unless marked broken.
-pub struct Lease<'a> {
-    pool: &'a Pool,
+/// A connection checked out for one request; goes back to the pool when dropped (to be
+/// tended, or straight to the idle list, or closed if it is broken).
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
     conn: Option<Conn>,
-    keep: bool,
+    /// Taken from the idle list (not logged in for this request).
+    pub(crate) pooled: bool,
 }
 
 impl Pool {
@@ -52,8 +87,18 @@ impl Pool {
         let pool = Arc::new(Pool {
             endpoint,
             tls,
+            kx: Arc::default(),
             max,
-            state: Mutex::new(State { idle: Vec::new(), busy: 0, limit: max, lowered_at: None }),
+            announces_size: AtomicU8::new(SIZE_UNKNOWN),
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                leased: 0,
+                tending: 0,
+                opening: 0,
+                awaiting_tended: 0,
+                limit: max,
+                lowered_at: None,
+            }),
             freed: Condvar::new(),
             stats,
         });
@@ -66,53 +111,114 @@ impl Pool {
     }
 
     /// The current connection limit (lowered after a 421).
-    #[allow(dead_code)] // TRANSITIONAL: read by the issue 7 fetch scheduler
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.lock().limit
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.endpoint.timeout
     }
 
-    /// Takes an idle connection or opens one, waiting while the pool is at its limit.
-    pub fn get(&self) -> Result<Lease<'_>, RemoteError> {
-        // Holders free their connections within their own timeouts, so waiting a few of those
-        // only fails when the server keeps every connection busy and stalled.
-        let deadline = Instant::now() + self.endpoint.timeout * 4;
+    pub(crate) fn epsv(&self) -> bool {
+        self.endpoint.epsv
+    }
+
+    /// The name the server's certificate must carry (the host mastfs was given).
+    pub(crate) fn server_name(&self) -> Result<ServerName<'static>, RemoteError> {
+        server_name(&self.endpoint.host)
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// `Some(true)` once a RETR reply stated the file size, `Some(false)` once one did not.
+    pub(crate) fn announces_size(&self) -> Option<bool> {
+        match self.announces_size.load(Ordering::Relaxed) {
+            SIZE_ANNOUNCED => Some(true),
+            SIZE_NOT_ANNOUNCED => Some(false),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn set_announces_size(&self, announces: bool) {
+        let value = if announces { SIZE_ANNOUNCED } else { SIZE_NOT_ANNOUNCED };
+        self.announces_size.store(value, Ordering::Relaxed);
+    }
+
+    /// A connection for one request, before `deadline`: an idle one (one with a data
+    /// connection opened ahead first), else one being tended (ready in a few round trips,
+    /// sooner than a login), else a new login while under the limit.
+    pub(crate) fn get(self: &Arc<Self>, deadline: Instant) -> Result<Lease, RemoteError> {
         let mut st = self.lock();
         loop {
             self.maybe_raise_limit(&mut st);
-            if let Some(conn) = st.idle.pop() {
-                st.busy += 1;
-                return Ok(Lease { pool: self, conn: Some(conn), keep: true });
-            }
-            if st.busy < st.limit {
-                st.busy += 1;
+            if !st.idle.is_empty() {
+                let at = st.idle.iter().rposition(|c| c.ahead.is_some()).unwrap_or(st.idle.len() - 1);
+                let mut conn = st.idle.swap_remove(at);
+                st.leased += 1;
                 drop(st);
-                return match self.open() {
-                    Ok(conn) => Ok(Lease { pool: self, conn: Some(conn), keep: true }),
+                if conn.control.is_quiet() {
+                    conn.flights.set_on_request(true);
+                    return Ok(Lease { pool: Arc::clone(self), conn: Some(conn), pooled: true });
+                }
+                // Closed by the server while idle (or it said something unasked): replace it.
+                log::info!("a pooled connection was closed by the server while idle; replacing it");
+                Stats::add(&self.stats.reconnects, 1);
+                drop(conn);
+                st = self.lock();
+                st.leased -= 1;
+                continue;
+            }
+            if st.tending > st.awaiting_tended {
+                st.awaiting_tended += 1;
+                let timed_out = self.freed.wait_until(&mut st, deadline).timed_out();
+                st.awaiting_tended -= 1;
+                if timed_out {
+                    return Err(RemoteError::Timeout("waiting for a free server connection".into()));
+                }
+                continue;
+            }
+            if st.live() < st.limit {
+                st.opening += 1;
+                drop(st);
+                let opened = self.open(deadline);
+                st = self.lock();
+                st.opening -= 1;
+                match opened {
+                    Ok(conn) => {
+                        st.leased += 1;
+                        return Ok(Lease { pool: Arc::clone(self), conn: Some(conn), pooled: false });
+                    }
                     Err(e) => {
-                        let mut st = self.lock();
-                        st.busy -= 1;
                         if matches!(e, RemoteError::TooManyConnections(_)) {
                             Stats::add(&self.stats.too_many, 1);
                             // The server told us its real limit: what we hold now.
-                            st.limit = st.busy.max(1);
+                            st.limit = st.live().max(1);
                             st.lowered_at = Some(Instant::now());
                             log::warn!("server refused a connection ({e}); using at most {} connections", st.limit);
                         }
-                        self.freed.notify_one();
-                        Err(e)
+                        self.freed.notify_all();
+                        return Err(e);
                     }
-                };
+                }
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if self.freed.wait_until(&mut st, deadline).timed_out() {
                 return Err(RemoteError::Timeout("waiting for a free server connection".into()));
             }
-            self.freed.wait_for(&mut st, deadline - now);
         }
+    }
+
+    /// Waits until no connection is being tended (re-armed or cleaned up) in the background;
+    /// `false` if some still were at `deadline`.
+    pub(crate) fn wait_untended(&self, deadline: Instant) -> bool {
+        let mut st = self.lock();
+        while st.tending > 0 {
+            if self.freed.wait_until(&mut st, deadline).timed_out() {
+                return st.tending == 0;
+            }
+        }
+        true
     }
 
     fn maybe_raise_limit(&self, st: &mut State) {
@@ -125,85 +231,117 @@ impl Pool {
         }
     }
 
-    fn open(&self) -> Result<Conn, RemoteError> {
-        let conn = Conn::open(&self.endpoint, &self.tls)?;
+    fn open(&self, deadline: Instant) -> Result<Conn, RemoteError> {
+        let flights = Flights::new(Arc::clone(&self.stats));
+        let session = login(&self.endpoint, &self.tls, &self.kx, &flights, deadline)?;
         Stats::add(&self.stats.logins, 1);
-        Ok(conn)
+        Ok(Conn::new(session, flights))
     }
 
-    fn put_back(&self, conn: Option<Conn>, keep: bool) {
-        let mut st = self.lock();
-        st.busy = st.busy.saturating_sub(1);
-        match conn {
-            Some(mut c) if keep => {
-                c.last_used = Instant::now();
-                c.last_contact = c.last_used;
-                st.idle.push(c);
-            }
-            Some(c) => {
-                Stats::add(&self.stats.reconnects, 1);
-                drop(st);
-                // The connection may be out of step; QUIT is only a courtesy, bounded by timeouts.
-                drop(c);
-                self.freed.notify_one();
-                return;
-            }
-            None => {}
+    /// Takes a connection back from a request.
+    fn give_back(self: &Arc<Self>, mut conn: Conn) {
+        conn.last_used = Instant::now();
+        conn.last_contact = conn.last_used;
+        if conn.control.is_broken() {
+            self.lock().leased -= 1;
+            self.discard(conn);
+            return;
         }
-        self.freed.notify_one();
+        if !conn.needs_tending() {
+            let mut st = self.lock();
+            st.leased -= 1;
+            st.idle.push(conn);
+            self.freed.notify_all();
+            return;
+        }
+        {
+            let mut st = self.lock();
+            st.leased -= 1;
+            st.tending += 1;
+        }
+        conn.flights.set_on_request(false);
+        let pool = Arc::clone(self);
+        let spawned = std::thread::Builder::new().name("mastfs-arm".into()).spawn(move || {
+            let tended = conn.settle_and_arm(pool.epsv(), pool.timeout(), &pool.stats);
+            pool.end_tending(conn, tended);
+        });
+        if let Err(e) = spawned {
+            // The connection went down with the closure; only the count is left to fix.
+            log::warn!("no thread to re-arm a connection ({e}); dropping it");
+            Stats::add(&self.stats.reconnects, 1);
+            self.lock().tending -= 1;
+            self.freed.notify_all();
+        }
     }
 
-    /// Closes idle connections and probes the rest; runs on the keep-alive thread.
+    fn end_tending(&self, conn: Conn, tended: Result<(), RemoteError>) {
+        match tended {
+            Ok(()) => {
+                let mut st = self.lock();
+                st.tending -= 1;
+                st.idle.push(conn);
+                self.freed.notify_all();
+            }
+            Err(e) => {
+                log::info!("dropping a connection that could not be made ready: {e}");
+                self.lock().tending -= 1;
+                self.discard(conn);
+            }
+        }
+    }
+
+    /// Closes a connection that is out of step or dead (its slot is already released).
+    fn discard(&self, conn: Conn) {
+        Stats::add(&self.stats.reconnects, 1);
+        drop(conn);
+        self.freed.notify_all();
+    }
+
+    /// Probes idle connections and closes the ones idle too long; runs on the keep-alive thread.
     fn tend_idle(&self) {
-        let stale: Vec<Conn> = {
+        let due: Vec<Conn> = {
             let mut st = self.lock();
-            let (old, fresh): (Vec<Conn>, Vec<Conn>) =
+            let (due, fresh): (Vec<Conn>, Vec<Conn>) =
                 st.idle.drain(..).partition(|c| c.last_contact.elapsed() >= KEEPALIVE);
             st.idle = fresh;
-            st.busy += old.len();
-            old
+            st.tending += due.len();
+            due
         };
-        for mut conn in stale {
-            let idle_for = conn.last_used.elapsed();
-            if idle_for >= IDLE_CLOSE {
+        for mut conn in due {
+            conn.flights.set_on_request(false);
+            if conn.last_used.elapsed() >= IDLE_CLOSE {
                 conn.quit();
-                self.put_back(None, false);
-            } else if conn.noop() {
-                // NOOP answers do not count as use: the connection still ages towards IDLE_CLOSE.
-                self.put_back_aged(conn);
-            } else {
-                self.put_back(None, false);
+                self.lock().tending -= 1;
+                self.freed.notify_all();
+                continue;
             }
+            let result = if conn.control.is_quiet() {
+                conn.keep_alive(self.epsv(), self.timeout(), &self.stats)
+            } else {
+                Err(RemoteError::Protocol("closed by the server while idle".into()))
+            };
+            self.end_tending(conn, result);
         }
-    }
-
-    fn put_back_aged(&self, conn: Conn) {
-        let mut st = self.lock();
-        st.busy = st.busy.saturating_sub(1);
-        st.idle.push(conn);
-        self.freed.notify_one();
     }
 }
 
-impl Lease<'_> {
-    /// Runs `f` on the leased connection.
-    pub fn with<T>(&mut self, f: impl FnOnce(&mut Conn) -> Result<T, RemoteError>) -> Result<T, RemoteError> {
-        match self.conn.as_mut() {
-            Some(c) => f(c),
-            // Only Drop takes the connection out, so a live lease always holds one.
-            None => Err(RemoteError::Protocol("connection already returned to the pool".into())),
-        }
+impl Lease {
+    /// The leased connection.
+    pub(crate) fn conn(&mut self) -> Result<&mut Conn, RemoteError> {
+        // Only Drop takes the connection out, so a live lease always holds one.
+        self.conn.as_mut().ok_or_else(|| RemoteError::Protocol("connection already returned to the pool".into()))
     }
 
-    /// The connection's state is unknown (error mid-command): do not reuse it.
-    pub fn discard(&mut self) {
-        self.keep = false;
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 }
 
-impl Drop for Lease<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
-        self.pool.put_back(self.conn.take(), self.keep);
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back(conn);
+        }
     }
 }
 

@@ -5,19 +5,29 @@
 //! by server name, so connections that share one config would hand each other's tickets to
 //! their data connections (rclone#7234). Every control connection therefore gets its own
 //! config clone with a private session store, shared only with its data connections.
+//!
+//! Threads and locks: a `Handoff` slot is used by the one thread logging its connection in.
+//! `KxHint` is a small mutex taken by any thread doing a handshake, never with another lock.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::Resumption;
+use parking_lot::Mutex;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use suppaftp::{FtpResult, RustlsConnector, TlsConnector};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, NamedGroup, RootCertStore, SignatureScheme, StreamOwned,
+};
+use suppaftp::{FtpError, FtpResult, TlsConnector, TlsStream};
 
+use super::wire::{Flights, Wire, set_timeouts};
 use crate::error::RemoteError;
 
 /// Which certificates to trust and which TLS versions to offer.
@@ -48,13 +58,181 @@ pub fn base_config(opts: &TlsOptions) -> Result<ClientConfig, RemoteError> {
     Ok(config)
 }
 
+/// The key-exchange group the server chose, learnt from the first TLS 1.3 handshake of any
+/// connection and shared by the whole pool. vsftpd 3.0.3 under TLS 1.3 accepts only P-256,
+/// while rustls offers X25519 first: without the hint every handshake would start with a
+/// refused key share and a HelloRetryRequest, one more round trip each.
+#[derive(Debug, Default)]
+pub(crate) struct KxHint(Mutex<Option<NamedGroup>>);
+
+/// One control connection's session store: its own tickets (never another connection's,
+/// see above), plus the pool's key-exchange hint for a connection that has none yet.
+#[derive(Debug)]
+struct SessionStore {
+    own: ClientSessionMemoryCache,
+    shared: Arc<KxHint>,
+}
+
+impl ClientSessionStore for SessionStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        *self.shared.0.lock() = Some(group);
+        self.own.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.own.kx_hint(server_name).or(*self.shared.0.lock())
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.own.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.own.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.own.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
+        self.own.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.own.take_tls13_ticket(server_name)
+    }
+}
+
 /// A config for one control connection and its data connections, with its own session store.
-pub fn per_connection(base: &ClientConfig) -> Arc<ClientConfig> {
+pub(crate) fn per_connection(base: &ClientConfig, kx: &Arc<KxHint>) -> Arc<ClientConfig> {
     let mut config = base.clone();
     // Eight TLS 1.3 tickets: servers send two per handshake and each resumed data connection
     // refills the store, so one control connection never runs dry between transfers.
-    config.resumption = Resumption::in_memory_sessions(8);
+    let store = SessionStore { own: ClientSessionMemoryCache::new(8), shared: Arc::clone(kx) };
+    config.resumption = Resumption::store(Arc::new(store));
     Arc::new(config)
+}
+
+/// The server name certificates are checked against.
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, RemoteError> {
+    ServerName::try_from(host.to_string()).map_err(|e| RemoteError::Tls(format!("bad server name {host:?}: {e}")))
+}
+
+/// A TLS stream over a counted socket: the control connection, and every data connection.
+pub(crate) type TlsWire = StreamOwned<ClientConnection, Wire>;
+
+/// The login's deadline, disarmed by the caller once logged in.
+pub(crate) type LoginGuard = Arc<Mutex<Option<super::watchdog::Armed>>>;
+
+/// Secures the control connection for suppaftp's login and then hands the TLS stream over to
+/// mastfs's own control channel: suppaftp keeps only a handle into `slot`, so once its
+/// `ImplFtpStream` is dropped (which sends nothing) the stream is ours, TLS state and all.
+pub(crate) struct Handoff {
+    config: Arc<ClientConfig>,
+    flights: Arc<Flights>,
+    timeout: Duration,
+    slot: Arc<Mutex<Option<TlsWire>>>,
+    /// Where to arm the login's wall-clock deadline on the socket, unless one is armed
+    /// already (implicit TLS: suppaftp opens the socket and reads the greeting itself).
+    guard: LoginGuard,
+    limit: Duration,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl Handoff {
+    pub(crate) fn new(
+        config: Arc<ClientConfig>,
+        flights: Arc<Flights>,
+        timeout: Duration,
+        guard: LoginGuard,
+        limit: Duration,
+    ) -> (Handoff, Arc<Mutex<Option<TlsWire>>>) {
+        let slot = Arc::new(Mutex::new(None));
+        (Handoff { config, flights, timeout, slot: Arc::clone(&slot), guard, limit }, slot)
+    }
+}
+
+impl TlsConnector for Handoff {
+    type Stream = HandoffStream;
+
+    fn connect(&self, domain: &str, stream: TcpStream) -> FtpResult<HandoffStream> {
+        let mut slot = self.slot.lock();
+        if slot.is_some() {
+            // suppaftp only secures the control connection here; data connections are ours.
+            return Err(FtpError::SecureError("a second TLS connection through the login connector".into()));
+        }
+        {
+            let mut guard = self.guard.lock();
+            if guard.is_none() {
+                *guard = super::watchdog::arm(&stream, self.limit);
+            }
+        }
+        set_timeouts(&stream, self.timeout).map_err(FtpError::ConnectionError)?;
+        let handle = stream.try_clone().map_err(FtpError::ConnectionError)?;
+        let name = ServerName::try_from(domain.to_string()).map_err(|e| FtpError::SecureError(e.to_string()))?;
+        let conn =
+            ClientConnection::new(Arc::clone(&self.config), name).map_err(|e| FtpError::SecureError(e.to_string()))?;
+        *slot = Some(StreamOwned::new(conn, Wire::control(stream, Arc::clone(&self.flights))));
+        Ok(HandoffStream { io: HandoffIo(Arc::clone(&self.slot)), socket: handle })
+    }
+}
+
+/// suppaftp's view of the control connection while it logs in.
+#[derive(Debug)]
+pub(crate) struct HandoffStream {
+    io: HandoffIo,
+    /// The same socket (a second descriptor): suppaftp sets timeouts and reads addresses on it.
+    socket: TcpStream,
+}
+
+pub(crate) struct HandoffIo(Arc<Mutex<Option<TlsWire>>>);
+
+impl std::fmt::Debug for HandoffIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandoffIo")
+    }
+}
+
+fn handed_over() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "control connection already handed over")
+}
+
+impl Read for HandoffIo {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.lock().as_mut().ok_or_else(handed_over)?.read(buf)
+    }
+}
+
+impl Write for HandoffIo {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().as_mut().ok_or_else(handed_over)?.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().as_mut().ok_or_else(handed_over)?.flush()
+    }
+}
+
+impl TlsStream for HandoffStream {
+    type InnerStream = HandoffIo;
+
+    fn tcp_stream(self) -> FtpResult<TcpStream> {
+        Ok(self.socket)
+    }
+
+    fn get_ref(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    fn mut_ref(&mut self) -> &mut HandoffIo {
+        &mut self.io
+    }
 }
 
 fn roots_from_file(path: &Path) -> Result<RootCertStore, RemoteError> {
@@ -81,82 +259,6 @@ fn system_roots() -> Result<RootCertStore, RemoteError> {
         ));
     }
     Ok(roots)
-}
-
-/// Wraps suppaftp's rustls connector so every socket that becomes TLS (control, and each data
-/// connection) carries read and write timeouts: a stalled server then fails a read instead of
-/// hanging it, including during the handshake and the welcome banner.
-pub struct TimeoutConnector {
-    inner: RustlsConnector,
-    timeout: Duration,
-    /// Where to keep a wall-clock deadline armed on the first socket (the control connection
-    /// of an implicit-TLS login, whose greeting suppaftp reads before handing it back).
-    first: Option<(LoginGuard, Duration)>,
-    first_seen: std::sync::atomic::AtomicBool,
-}
-
-/// The login's deadline, disarmed by the caller once logged in.
-pub type LoginGuard = Arc<parking_lot::Mutex<Option<super::watchdog::Armed>>>;
-
-impl std::fmt::Debug for TimeoutConnector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TimeoutConnector").field("timeout", &self.timeout).finish_non_exhaustive()
-    }
-}
-
-impl TimeoutConnector {
-    pub fn new(config: Arc<ClientConfig>, timeout: Duration) -> Self {
-        TimeoutConnector { inner: RustlsConnector::from(config), timeout, first: None, first_seen: Default::default() }
-    }
-
-    /// Arms `limit` on the first socket this connector secures, unless a deadline is armed in
-    /// `guard` already.
-    pub fn guard_first(mut self, guard: LoginGuard, limit: Duration) -> Self {
-        self.first = Some((guard, limit));
-        self
-    }
-}
-
-impl TlsConnector for TimeoutConnector {
-    type Stream = <RustlsConnector as TlsConnector>::Stream;
-
-    fn connect(&self, domain: &str, stream: TcpStream) -> FtpResult<Self::Stream> {
-        finish_connect(&stream, self.timeout).map_err(suppaftp::FtpError::ConnectionError)?;
-        // Only the very first socket is the control connection; a deadline left armed on a
-        // data socket would also keep a clone of it open, so closing it would not end the
-        // transfer.
-        if let Some((guard, limit)) = &self.first
-            && !self.first_seen.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            let mut slot = guard.lock();
-            if slot.is_none() {
-                *slot = super::watchdog::arm(&stream, *limit);
-            }
-        }
-        stream.set_read_timeout(Some(self.timeout)).map_err(suppaftp::FtpError::ConnectionError)?;
-        stream.set_write_timeout(Some(self.timeout)).map_err(suppaftp::FtpError::ConnectionError)?;
-        self.inner.connect(domain, stream)
-    }
-}
-
-/// Waits for a connect started without blocking (data connections) to complete; a socket
-/// that is already connected passes straight through.
-fn finish_connect(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd for a socket we own, for the duration of the call.
-    let ready = unsafe { libc::poll(&mut pfd, 1, millis) };
-    if ready < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if ready == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "data connection not established in time"));
-    }
-    if let Some(e) = stream.take_error()? {
-        return Err(e);
-    }
-    stream.set_nonblocking(false)
 }
 
 /// `--insecure`: accepts any certificate but still checks handshake signatures, so the

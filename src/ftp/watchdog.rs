@@ -6,6 +6,7 @@
 //! an error that the caller already treats as a dead connection.
 
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ struct Entry {
     id: u64,
     deadline: Instant,
     socket: TcpStream,
+    fired: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -48,6 +50,7 @@ fn watch(shared: &Shared) {
         st.entries.retain(|e| {
             if e.deadline <= now {
                 log::warn!("server exchange took longer than its deadline; dropping the connection");
+                e.fired.store(true, Ordering::SeqCst);
                 let _ = e.socket.shutdown(Shutdown::Both);
                 false
             } else {
@@ -62,6 +65,20 @@ fn watch(shared: &Shared) {
 /// A deadline on a socket; dropping it disarms the deadline.
 pub struct Armed {
     id: u64,
+    fired: Arc<AtomicBool>,
+}
+
+impl Armed {
+    /// Whether the deadline passed and the socket was shut down: the error a blocked read
+    /// then sees (end of stream, reset) is really a timeout.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// A handle on `fired` that outlives the guard.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.fired)
+    }
 }
 
 /// Shuts `socket` down if the guard is still alive after `limit`. `None` if the socket
@@ -72,9 +89,10 @@ pub fn arm(socket: &TcpStream, limit: Duration) -> Option<Armed> {
     let mut st = shared.state.lock();
     st.next_id += 1;
     let id = st.next_id;
-    st.entries.push(Entry { id, deadline: Instant::now() + limit, socket });
+    let fired = Arc::new(AtomicBool::new(false));
+    st.entries.push(Entry { id, deadline: Instant::now() + limit, socket, fired: Arc::clone(&fired) });
     shared.changed.notify_one();
-    Some(Armed { id })
+    Some(Armed { id, fired })
 }
 
 impl Drop for Armed {
