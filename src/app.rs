@@ -114,6 +114,16 @@ fn run_mount(args: MountArgs) -> ExitCode {
         }
     };
     log::info!("mounted {} on {}", prepared.args.host, mountpoint.display());
+    {
+        // Looking the mount up is a FUSE request itself: it is answered once the session runs.
+        let mountpoint = mountpoint.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mastfs-readahead".into())
+            .spawn(move || crate::read::raise_kernel_read_ahead(&mountpoint));
+        if let Err(e) = spawned {
+            log::info!("kernel read-ahead left at its default: {e}");
+        }
+    }
     let mut unmounter = session.unmount_callable();
     let signal_mountpoint = mountpoint.clone();
     match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {

@@ -91,7 +91,7 @@ pub struct MountArgs {
     pub epsv: bool,
 
     /// Most connections to open to the server at once (lowered automatically on 421)
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = crate::read::DEFAULT_CONNECTIONS, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub connections: u16,
 
     /// Block cache directory [default: $XDG_CACHE_HOME/mastfs or ~/.cache/mastfs]

@@ -12,11 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::blocks::{BlockStore, Data, FileRef};
-use crate::cache::FileId;
 use crate::error::FsError;
 use crate::inode::{Inodes, Node, ROOT};
-use crate::readahead::Readahead;
+use crate::read::{Data, FileId, OpenFile, ReadPath};
 use crate::remote::{EntryKind, Remote};
 use crate::stats::Stats;
 
@@ -59,27 +57,22 @@ pub struct Opened {
     pub keep_cache: bool,
 }
 
-struct Handle {
-    file: FileRef,
-    readahead: Mutex<Readahead>,
-}
-
 pub struct MastFs {
     remote: Arc<dyn Remote>,
-    store: Arc<BlockStore>,
+    store: Arc<ReadPath>,
     config: FsConfig,
     stats: Arc<Stats>,
     inodes: Mutex<Inodes>,
     /// One lock per directory being listed, so a burst of lookups causes one LIST.
     listing_locks: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Versions (size, mtime) last opened per inode, to decide on keeping the page cache.
     opened_versions: Mutex<HashMap<u64, (u64, SystemTime)>>,
     next_fh: AtomicU64,
 }
 
 impl MastFs {
-    pub fn new(remote: Arc<dyn Remote>, store: Arc<BlockStore>, config: FsConfig, stats: Arc<Stats>) -> MastFs {
+    pub fn new(remote: Arc<dyn Remote>, store: Arc<ReadPath>, config: FsConfig, stats: Arc<Stats>) -> MastFs {
         MastFs {
             remote,
             store,
@@ -105,7 +98,7 @@ impl MastFs {
         self.config.gid
     }
 
-    pub fn store(&self) -> &Arc<BlockStore> {
+    pub fn store(&self) -> &Arc<ReadPath> {
         &self.store
     }
 
@@ -263,8 +256,7 @@ impl MastFs {
         };
         let id = FileId { server: self.config.server.clone(), user: self.config.user.clone(), path, size, mtime: secs };
         let keep_cache = self.opened_versions.lock().insert(ino, (size, mtime)) == Some((size, mtime));
-        let handle = Handle { file: FileRef::new(id), readahead: Mutex::new(Readahead::default()) };
-        self.handles.lock().insert(fh, Arc::new(handle));
+        self.handles.lock().insert(fh, self.store.open(id));
         Ok(Opened { fh, keep_cache })
     }
 
@@ -276,41 +268,30 @@ impl MastFs {
             return Ok(Data::Owned(text[start..end].to_vec()));
         }
         let handle = self.handles.lock().get(&fh).cloned().ok_or(FsError::BadHandle)?;
-        let plan = {
-            let cfg = self.store.config();
-            handle.readahead.lock().on_read(
-                offset,
-                u64::from(size),
-                handle.file.size(),
-                self.store.window_cap(),
-                cfg.workers as u64,
-            )
-        };
-        if let Some(p) = plan {
-            self.store.prefetch(&handle.file, p.first, p.count, p.run);
-        }
-        self.store.read(&handle.file, offset, size).map_err(|e| {
+        self.store.read(&handle, offset, size).map_err(|e| {
             Stats::add(&self.stats.read_errors, 1);
-            log::warn!("read of {} at {offset} failed: {e}", handle.file.id.path);
+            log::warn!("read of {} at {offset} failed: {e}", handle.path());
             FsError::from(e)
         })
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+        if let Some(handle) = self.handles.lock().remove(&fh) {
+            self.store.release(&handle);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blocks::BlockConfig;
     use crate::fake::{FakeRemote, pattern};
+    use crate::read::ReadConfig;
 
     fn mount(remote: &Arc<FakeRemote>, ttl: Duration) -> MastFs {
         let stats = Arc::new(Stats::default());
         let r: Arc<dyn Remote> = remote.clone();
-        let store = BlockStore::new(Arc::clone(&r), None, BlockConfig::default(), Arc::clone(&stats));
+        let store = ReadPath::new(Arc::clone(&r), None, ReadConfig::default(), Arc::clone(&stats));
         let config =
             FsConfig { root: "/".into(), ttl, server: "test:21".into(), user: "anonymous".into(), uid: 0, gid: 0 };
         MastFs::new(r, store, config, stats)
@@ -331,7 +312,7 @@ mod tests {
         for i in 0..50 {
             assert_eq!(fs.lookup(stage, name(&format!("f{i}"))).expect("file").size, i as u64);
         }
-        assert_eq!(remote.lists.load(Ordering::SeqCst), 2, "root once, stage once");
+        assert_eq!(remote.lists(), 2, "root once, stage once");
     }
 
     #[test]
@@ -403,7 +384,7 @@ mod tests {
         let fs = mount(&remote, Duration::ZERO);
         let d = fs.lookup(ROOT, name("d")).expect("d").ino;
         assert_eq!(fs.readdir(d).expect("ls").len(), 3);
-        remote.fail_lists.store(true, Ordering::SeqCst);
+        remote.faults().fail_lists.store(true, Ordering::SeqCst);
         assert_eq!(fs.readdir(d).expect("still answers").len(), 3);
         assert_eq!(fs.lookup(d, name("f")).expect("still found").size, 3);
         let fresh = mount(&remote, Duration::ZERO);

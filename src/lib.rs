@@ -1,8 +1,6 @@
 //! mastfs: a read-only FUSE view of an FTPS archive, with a persistent block cache.
 
 mod app;
-mod blocks;
-mod cache;
 mod cli;
 mod config;
 mod credentials;
@@ -15,7 +13,7 @@ mod fuse;
 mod inode;
 mod listing;
 mod mount;
-mod readahead;
+mod read;
 mod remote;
 mod stats;
 

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::blocks::{BlockConfig, BlockStore};
-use crate::cache::BlockCache;
 use crate::cli::{MountArgs, TlsMax};
 use crate::config::{Secret, parse_size};
 use crate::fs::{FsConfig, MastFs};
 use crate::ftp::tls::{TlsOptions, base_config};
 use crate::ftp::{Endpoint, FtpsRemote, Pool};
 use crate::fuse::FuseAdapter;
+use crate::read::{BlockCache, ReadConfig, ReadPath};
 use crate::remote::Remote;
 use crate::stats::Stats;
 
@@ -105,7 +104,7 @@ fn unescape_mountinfo(s: &str) -> String {
 /// A ready file system plus what is needed to mount it.
 pub struct Built {
     pub adapter: FuseAdapter,
-    pub store: Arc<BlockStore>,
+    pub store: Arc<ReadPath>,
     pub config: Config,
 }
 
@@ -149,12 +148,8 @@ pub fn build(p: &Prepared) -> Result<Built, String> {
         }
     };
     let remote: Arc<dyn Remote> = Arc::new(remote);
-    let store = BlockStore::new(
-        Arc::clone(&remote),
-        disk,
-        BlockConfig { workers: connections, ..BlockConfig::default() },
-        Arc::clone(&stats),
-    );
+    let store =
+        ReadPath::new(Arc::clone(&remote), disk, ReadConfig { timeout, ..ReadConfig::default() }, Arc::clone(&stats));
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = MastFs::new(

@@ -17,7 +17,7 @@ use super::tls::{TimeoutConnector, per_connection};
 use super::watchdog::{Armed, arm};
 use crate::error::RemoteError;
 use crate::listing::parse_mlsd_line;
-use crate::remote::{EntryKind, RemoteEntry, Sink, Version};
+use crate::remote::{EntryKind, RemoteEntry, Version};
 
 /// Where and how to log in.
 #[derive(Clone)]
@@ -38,6 +38,9 @@ const MAX_LISTING_BYTES: u64 = 256 << 20;
 const ABORT_REPLY_WAIT: Duration = Duration::from_millis(1000);
 /// Size of one read from the data connection.
 const READ_CHUNK: usize = 256 << 10;
+
+/// TRANSITIONAL: receives the bytes of `read_from` in order; returns `false` to stop early.
+pub type Sink<'a> = dyn FnMut(&[u8]) -> bool + 'a;
 
 /// How a ranged read ended.
 pub struct Transfer {

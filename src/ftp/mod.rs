@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::RemoteError;
 use crate::listing::{self, Dialect};
-use crate::remote::{Intent, RangeReader, Remote, RemoteEntry, Sink, Version};
+use crate::remote::{Intent, RangeReader, Remote, RemoteEntry, Version};
 use crate::stats::Stats;
+use conn::Sink;
 
 pub use conn::Endpoint;
 pub use pool::Pool;
@@ -134,7 +135,13 @@ impl Remote for FtpsRemote {
             }
         }
     }
+}
 
+impl FtpsRemote {
+    /// TRANSITIONAL (read branch): the push-style read the transitional `open` runs on a
+    /// thread: streams the bytes of `path` from `offset` into `sink` until it returns `false`
+    /// or the file ends, resuming a broken transfer at the exact byte. The "ftp" branch
+    /// replaces this file with a reader on the data connection itself.
     fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
         let mut deadline = Instant::now() + self.pool.timeout() * 2;
         let mut total = 0u64;
