@@ -207,13 +207,15 @@ fn copy_survives_data_cuts(kind: Kind) {
     }
     let size = 16 * MIB;
     let (_root, server, relay) = serve_relayed(kind, |r| write_pattern_file(&r.join("big.bin"), 7, size));
-    let mount = mount_relayed(&server, &relay, &[]);
+    // Two connections: stripes of about 7 MiB, each cut at least twice.
+    let mount = mount_relayed(&server, &relay, &["--connections", "2"]);
     relay.cut_data_after(Some(3 * MIB));
     let out = tempfile::tempdir().expect("out dir");
     assert_same(&cp(&mount, "big.bin", out.path()), 7, size, "copy through cut data connections");
     let cuts = relay.stats().cuts;
     assert!(cuts >= 4, "the relay cut {cuts} data connections");
-    assert!(stat_value(&mount, "retries") > 0, "{}", mount.stderr());
+    // Resumed at the exact byte, by the transport or by the read path.
+    assert!(stat_value(&mount, "retries") + stat_value(&mount, "resumed") > 0, "{}", mount.stderr());
     assert!(stat_value(&mount, "reconnects") > 0);
     assert_eq!(stat_value(&mount, "read_errors"), 0, "every cut was resumed");
 }

@@ -211,6 +211,19 @@ pub(crate) struct Buffer {
     pool: Arc<Pool>,
 }
 
+impl Buffer {
+    /// The buffer's bytes, for its sole owner (a buffer outside a block is not shared).
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        self.bytes.get_mut()
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: a `Buffer` outside a `Block` has one owner, and `Buffer` is not `Sync`, so
+        // no other reference to its bytes exists while this one does.
+        unsafe { &*self.bytes.get() }
+    }
+}
+
 impl Drop for Buffer {
     fn drop(&mut self) {
         let bytes = std::mem::take(self.bytes.get_mut());
@@ -402,6 +415,11 @@ impl Block {
         }
         st.queued = true;
         true
+    }
+
+    /// The writer will not take the block after all (its queue stayed full).
+    pub(crate) fn untake(&self) {
+        self.state.lock().queued = false;
     }
 
     /// The writer's view: what is filled now. Bytes filled later make the block dirty again.

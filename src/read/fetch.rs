@@ -143,9 +143,11 @@ impl Run {
         self.progress.notify_all();
     }
 
-    /// Whether `offset` lies in what this run planned, so a read there belongs to it.
+    /// Whether `offset` lies in what this run planned (or a little before it: the kernel
+    /// reorders requests), so a read there belongs to it.
     pub(crate) fn contains(&self, offset: u64) -> bool {
-        offset >= self.start && offset <= self.planned_to.load(Ordering::Relaxed)
+        offset.saturating_add(super::pattern::BACK_TOLERANCE) >= self.start
+            && offset <= self.planned_to.load(Ordering::Relaxed)
     }
 
     pub(crate) fn planned_to(&self) -> u64 {
@@ -322,14 +324,26 @@ impl Fetcher {
                 }
             }
             if found.is_none() {
-                for s in &streams {
+                // The peek ending closest before `at`, if no other stream starts in between.
+                let closest = streams
+                    .iter()
+                    .filter_map(|s| {
+                        let t = s.st.lock();
+                        (s.kind == Kind::Peek && t.live() && t.end <= at && at - t.end <= EXTEND_GAP)
+                            .then(|| (t.end, Arc::clone(s)))
+                    })
+                    .max_by_key(|(end, _)| *end);
+                if let Some((from, s)) = closest {
+                    let in_between = streams.iter().any(|o| {
+                        let t = o.st.lock();
+                        !Arc::ptr_eq(o, &s) && t.live() && t.pos >= from && t.pos <= at
+                    });
                     let mut t = s.st.lock();
-                    if s.kind == Kind::Peek && t.live() && t.end <= at && at - t.end <= EXTEND_GAP {
+                    if !in_between && t.live() && t.end == from {
                         let end = b.min(next_start);
                         s.set_end(&mut t, end);
                         s.changed.notify_all();
-                        found = Some((Arc::clone(s), end));
-                        break;
+                        found = Some((Arc::clone(&s), end));
                     }
                 }
             }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::block::{Block, Pool};
+use super::block::{Block, Buffer, Pool};
 
 /// A block's identity: the file version's key and the block's index.
 pub(crate) type BlockKey = ([u8; 32], u64);
@@ -58,19 +58,7 @@ impl Memory {
                 if let Some(b) = map.get(key) {
                     return Some((Arc::clone(b), false));
                 }
-                let buffer = match self.pool.take() {
-                    Some(b) => Some(b),
-                    None => {
-                        // The least recently used block that only this map holds.
-                        let victim = map.iter().rev().find(|(_, b)| Arc::strong_count(b) == 1).map(|(k, _)| *k);
-                        if let Some(k) = victim {
-                            // Dropping it returns its buffer to the pool.
-                            drop(map.pop(&k));
-                        }
-                        self.pool.take()
-                    }
-                };
-                if let Some(buf) = buffer {
+                if let Some(buf) = self.take_buffer(&mut map) {
                     let block = Arc::new(Block::new(buf, len, for_load));
                     map.put(*key, Arc::clone(&block));
                     return Some((block, true));
@@ -81,6 +69,21 @@ impl Memory {
             }
             self.pool.wait_for_free(until);
         }
+    }
+
+    /// A buffer for assembling a reply, if one is free or a block can give its up.
+    pub(crate) fn spare_buffer(&self) -> Option<Buffer> {
+        self.take_buffer(&mut self.map.lock())
+    }
+
+    fn take_buffer(&self, map: &mut LruCache<BlockKey, Arc<Block>>) -> Option<Buffer> {
+        self.pool.take().or_else(|| {
+            // The least recently used block that only this map holds.
+            let victim = map.iter().rev().find(|(_, b)| Arc::strong_count(b) == 1).map(|(k, _)| *k);
+            // Dropping it returns its buffer to the pool.
+            drop(map.pop(&victim?));
+            self.pool.take()
+        })
     }
 
     #[cfg(test)]

@@ -34,6 +34,7 @@
 mod block;
 mod disk;
 mod fetch;
+mod loader;
 mod memory;
 mod pattern;
 mod writer;
@@ -51,9 +52,10 @@ use parking_lot::Mutex;
 use crate::error::RemoteError;
 use crate::remote::{Remote, Version};
 use crate::stats::Stats;
-use block::{Block, Pool};
+use block::{Block, Buffer, Pool};
 pub(crate) use disk::{BlockCache, FileId};
 use fetch::{Fetcher, Outcome, Run, Stream};
+use loader::Loader;
 use memory::Memory;
 use pattern::Pattern;
 use writer::Writer;
@@ -74,6 +76,9 @@ pub(crate) const IO_SIZE_HINT: u32 = 64 * 1024;
 /// 128 KiB; from 1 MiB they are 1 MiB (the largest FUSE request, 256 pages), so a copy
 /// costs an eighth of the requests, replies and wake-ups.
 const KERNEL_READ_AHEAD_KB: u32 = 4096;
+
+/// Blocks a sequential reader's disk read-ahead keeps in memory ahead of it at most.
+const LOAD_AHEAD: u64 = 8;
 
 /// How much longer than `--timeout` a read waits for its bytes without progress.
 const WAIT_MARGIN: Duration = Duration::from_secs(1);
@@ -118,9 +123,11 @@ impl OpenFile {
     }
 }
 
-/// Bytes of a read: a slice of one block, or a buffer assembled from several.
+/// Bytes of a read: a slice of one block, or a copy assembled from several (in a spare
+/// block buffer when there is one, so no reply allocates and faults in a fresh MiB).
 pub(crate) enum Data {
     Shared(Arc<Block>, Range<usize>),
+    Assembled(Buffer, usize),
     Owned(Vec<u8>),
 }
 
@@ -135,6 +142,7 @@ impl std::ops::Deref for Data {
     fn deref(&self) -> &[u8] {
         match self {
             Data::Shared(b, r) => b.filled_bytes(r.clone()),
+            Data::Assembled(b, len) => &b.bytes()[..*len],
             Data::Owned(v) => v,
         }
     }
@@ -160,6 +168,8 @@ pub(crate) struct ReadPath {
     disk: Option<Arc<BlockCache>>,
     writer: Arc<Writer>,
     fetcher: Arc<Fetcher>,
+    /// Disk read-ahead (with a disk cache only).
+    loader: Option<Arc<Loader>>,
     config: ReadConfig,
     stats: Arc<Stats>,
 }
@@ -223,7 +233,8 @@ impl ReadPath {
             config.timeout,
             memory_horizon,
         );
-        Arc::new(ReadPath { memory, disk, writer, fetcher, config, stats })
+        let loader = disk.as_ref().map(|d| Loader::start(Arc::clone(&memory), Arc::clone(d)));
+        Arc::new(ReadPath { memory, disk, writer, fetcher, loader, config, stats })
     }
 
     /// A handle on one file version.
@@ -245,12 +256,16 @@ impl ReadPath {
     /// Unmounting: transfers stop, the disk gets what is queued for it.
     pub(crate) fn stop(&self) {
         self.fetcher.stop_all();
+        if let Some(l) = &self.loader {
+            l.stop();
+        }
         self.writer.stop();
     }
 
     /// The bytes `[offset, offset+len)` of the file, clamped to its size.
     pub(crate) fn read(&self, f: &OpenFile, offset: u64, len: u32) -> Result<Data, RemoteError> {
         let file = &f.file;
+        log::trace!("read of {} at {offset}, {len} bytes", file.id.path);
         let end = offset.saturating_add(u64::from(len)).min(file.size());
         if offset >= end {
             return Ok(Data::Owned(Vec::new()));
@@ -293,11 +308,19 @@ impl ReadPath {
         let data = match blocks.as_slice() {
             [(_, block, r)] => Data::Shared(Arc::clone(block), r.clone()),
             _ => {
-                let mut out = Vec::with_capacity((end - offset) as usize);
-                for (_, block, r) in &blocks {
-                    out.extend_from_slice(block.filled_bytes(r.clone()));
+                let len = (end - offset) as usize;
+                let parts = blocks.iter().map(|(_, block, r)| block.filled_bytes(r.clone()));
+                match self.memory.spare_buffer().filter(|b| b.bytes().len() >= len) {
+                    Some(mut buf) => {
+                        let mut at = 0;
+                        for part in parts {
+                            buf.bytes_mut()[at..at + part.len()].copy_from_slice(part);
+                            at += part.len();
+                        }
+                        Data::Assembled(buf, len)
+                    }
+                    None => Data::Owned(parts.collect::<Vec<_>>().concat()),
                 }
-                Data::Owned(out)
             }
         };
         Stats::add(&self.stats.served_bytes, data.len() as u64);
@@ -321,6 +344,10 @@ impl ReadPath {
         }
         if !access.sequential {
             return None;
+        }
+        if let Some(loader) = &self.loader {
+            let blocks = (self.config.memory_blocks as u64 / 4).clamp(1, LOAD_AHEAD);
+            loader.ahead(&f.file, offset / BLOCK_SIZE, blocks);
         }
         let run = slot.get_or_insert_with(|| Run::new(access.run_start));
         run.note_read(access.position);
@@ -352,19 +379,13 @@ impl ReadPath {
         if let Some(b) = self.memory.get(&key) {
             return Ok(self.loaded(b, deadline));
         }
-        let on_disk = self.disk.as_ref().filter(|d| d.probe(&file.id, index).is_some());
-        let Some((block, created)) =
-            self.memory.get_or_create(&key, file.block_len(index), on_disk.is_some(), deadline.at)
-        else {
-            return Err(RemoteError::Timeout(format!("{}: no free block buffer", file.id.path)));
-        };
-        if !created {
-            return Ok(self.loaded(block, deadline));
+        if let Some(disk) = self.disk.as_ref().filter(|d| d.probe(&file.id, index).is_some()) {
+            loader::load(&self.memory, disk, file, index, deadline.at);
         }
-        if let Some(disk) = on_disk {
-            block.load(|buf| disk.load_into(&file.id, index, buf));
+        match self.memory.get_or_create(&key, file.block_len(index), false, deadline.at) {
+            Some((block, _)) => Ok(self.loaded(block, deadline)),
+            None => Err(RemoteError::Timeout(format!("{}: no free block buffer", file.id.path))),
         }
-        Ok(block)
     }
 
     /// Waits (briefly, bounded) while someone loads the block from disk.

@@ -13,7 +13,7 @@
 //! Only the FUSE thread serving a read of this handle touches it, under the handle's lock.
 
 /// Reads up to this far behind the expected offset still count as in order.
-const BACK_TOLERANCE: u64 = 2 << 20;
+pub(crate) const BACK_TOLERANCE: u64 = 2 << 20;
 /// Reads up to this far ahead of the expected offset still count as in order (the kernel's
 /// async read-ahead has a few requests of up to 1 MiB in flight, answered in any order).
 const FORWARD_TOLERANCE: u64 = 8 << 20;

@@ -102,13 +102,15 @@ impl Writer {
             let now = Instant::now();
             if now >= until {
                 drop(q);
-                // Not stored this time; the block counts as unwritten again.
-                block.snapshot_for_disk();
+                // Not stored this time; the block stays unwritten, to be offered again.
+                block.untake();
                 return;
             }
             self.changed.wait_for(&mut q, until - now);
         }
         if q.stopping {
+            drop(q);
+            block.untake();
             return;
         }
         q.jobs.push_back(Job { file: Arc::clone(file), index, block: Arc::clone(block) });
