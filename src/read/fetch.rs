@@ -150,6 +150,11 @@ impl Run {
             && offset <= self.planned_to.load(Ordering::Relaxed)
     }
 
+    /// Its stripes were stopped (reader idle, file closed): it plans nothing more.
+    pub(crate) fn is_over(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn planned_to(&self) -> u64 {
         self.planned_to.load(Ordering::Relaxed)
     }
@@ -676,6 +681,8 @@ impl Fetcher {
                 && s.kind == Kind::Stripe
             {
                 if run.stopped.load(Ordering::Relaxed) || run.idle() {
+                    // The whole run is over: a reader that comes back gets a new one.
+                    run.stopped.store(true, Ordering::Relaxed);
                     let mut t = s.st.lock();
                     s.request_stop(&mut t, Stop::Unwanted);
                     continue;

@@ -334,7 +334,7 @@ impl ReadPath {
         let access = f.pattern.lock().on_read(offset, end);
         let mut slot = f.run.lock();
         if let Some(run) = slot.as_ref()
-            && !run.contains(offset)
+            && (run.is_over() || !run.contains(offset))
         {
             self.fetcher.stop_run(run);
             *slot = None;

@@ -519,3 +519,36 @@ fn a_random_reader_is_served_while_stripes_hold_every_connection() {
     rp.release(&seq);
     until_quiet(&remote);
 }
+
+#[test]
+fn a_reader_that_pauses_loses_its_stripes_and_gets_new_ones_when_it_reads_on() {
+    let size = 512 * MIB;
+    let data = pattern(size as usize, 16);
+    let remote = FakeRemote::with_file("/big", data.clone());
+    // Slow enough that the stripes are far from their ends when the reader pauses.
+    remote.faults().rate.store(MIB, Ordering::SeqCst);
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/big"));
+    let mut off = 0;
+    while off < 4 * MIB {
+        off += rp.read(&f, off, MIB as u32).expect("read").len() as u64;
+    }
+    // Not a read for longer than the idle limit: the stripes stop by themselves.
+    std::thread::sleep(fetch::IDLE_STOP + Duration::from_millis(500));
+    until_quiet(&remote);
+    assert!(stat(&stats.cancelled) > 0, "stripes stopped while the reader paused");
+    let stripes_before = remote.transfers().iter().filter(|x| matches!(x.intent, Intent::Run { .. })).count();
+    assert!(stripes_before > 0);
+    // Reading on: the run starts again, with new stripes from where the reader is.
+    let target = off + 4 * MIB;
+    while off < target {
+        let got = rp.read(&f, off, MIB as u32).expect("read on");
+        assert!(got[..] == data[off as usize..off as usize + got.len()], "bytes at {off}");
+        off += got.len() as u64;
+    }
+    rp.release(&f);
+    until_quiet(&remote);
+    let t = remote.transfers();
+    let stripes_after = t.iter().filter(|x| matches!(x.intent, Intent::Run { .. })).count();
+    assert!(stripes_after > stripes_before, "new stripes: {t:?}");
+}
