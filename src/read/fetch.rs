@@ -309,6 +309,11 @@ impl Fetcher {
         let mut new = Vec::new();
         let mut at = a;
         while at < b {
+            // Filled since the caller looked (a transfer moved on): nothing to fetch there.
+            if let Some(filled_to) = self.filled_from(file, at, b) {
+                at = filled_to;
+                continue;
+            }
             // Where the next stream after `at` begins: nothing extends or opens past it.
             let next_start = streams
                 .iter()
@@ -358,11 +363,6 @@ impl Fetcher {
                     at = end;
                 }
                 None => {
-                    // Filled since the caller looked: nothing to fetch there.
-                    if let Some(filled_to) = self.filled_from(file, at, b) {
-                        at = filled_to;
-                        continue;
-                    }
                     let end = b.min(next_start).max(at + 1);
                     let s = Stream::new(file, Kind::Peek, at, end, None);
                     covering.push(Arc::clone(&s));
