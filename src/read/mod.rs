@@ -6,27 +6,28 @@
 //!    finds the handle's `OpenFile` and calls `ReadPath::read` (this file).
 //! 2. `read` tells the handle's access `Pattern` (`pattern.rs`) about the read. A reader that
 //!    has read `pattern::TRIGGER` bytes in order is sequential: `Fetcher::plan`
-//!    (`fetch.rs`) splits what remains ahead of it among the connections as stripes, like
+//!    (`fetch/mod.rs`) splits what remains ahead of it among the connections as stripes, like
 //!    `lftp pget`, each one transfer that runs to its stripe's end.
 //! 3. `read` gathers the blocks its range touches: from memory (`memory.rs`), else from the
 //!    disk cache (`disk.rs`, possibly only parts of a block), else as empty blocks to fill.
 //! 4. For the bytes still missing, `Fetcher::ensure` finds the transfers that will bring
 //!    them: a stripe or peek already on its way (single-flight), a peek extended over them,
 //!    or a new peek for just those bytes (`Intent::Peek`).
-//! 5. A fetch thread runs each transfer: `Remote::open`, then `RangeReader::read` straight
-//!    into the block's buffer (`block.rs`), a claimed range at a time. Every read that lands
-//!    wakes the readers waiting on that block.
+//! 5. A fetch thread runs each transfer (`fetch/stream.rs`): `Remote::open`, then
+//!    `RangeReader::read` straight into the block's buffer (`block.rs`), a claimed range at
+//!    a time. Every read that lands wakes the readers waiting on that block.
 //! 6. `read` returns as soon as its own range is filled — not when the block or the transfer
 //!    is done — as a slice of the block (no copy) or, across blocks, a copy.
 //! 7. Meanwhile the fetch thread hands each block it leaves to the cache writer
-//!    (`writer.rs`), which stores it on disk off the fetch path.
+//!    (`writer.rs`), which stores it on disk off the fetch path; for a sequential reader,
+//!    blocks the disk cache holds are read into memory ahead of it (`loader.rs`).
 //!
 //! Errors keep their kind from the transfer to `fs.rs` (a refused `RETR` is
 //! `RemoteError::Unavailable`, which `error.rs` turns into `EACCES`). A read waits for its
 //! bytes at most `--timeout` plus `WAIT_MARGIN` without progress, then fails (`EIO`).
 //!
-//! Threads and locks: FUSE threads run `read`, `open`, `release`; fetch threads and the
-//! cache writer are described in their modules. Lock order across the read path: an
+//! Threads and locks: FUSE threads run `read`, `open`, `release`; fetch threads, loader
+//! threads and the cache writer are described in their modules. Lock order across the read path: an
 //! `OpenFile`'s locks (pattern, then run), then the fetcher's state, then a stream's state,
 //! then the memory map, then a block's state; the buffer pool, the disk index and the writer
 //! queue are leaves.
