@@ -67,9 +67,10 @@ use writer::Writer;
 pub(crate) const BLOCK_SIZE: u64 = 1 << 20;
 
 /// The I/O size `stat` reports (`st_blksize`). Buffered readers read this much at a time:
-/// measured with astropy's `getheader(ext=1)` on a two-HDU 1 GiB file, a 1 MiB hint made
-/// Python read 1 MiB per header and the kernel request 2–5 MiB; 64 KiB makes it 196 KiB.
-/// `cp` and `cat` read at least 128 KiB whatever this says.
+/// measured with astropy's `getheader(ext=1)` on a two-HDU 1 GiB file (6.18 kernel), a 1 MiB
+/// hint made Python read 1 MiB per header and the kernel request 2–5 MiB; with 64 KiB it
+/// asks for 256 KiB at the first header and 68 KiB at the second. `cp` and `cat` read at
+/// least 128 KiB whatever this says.
 pub(crate) const IO_SIZE_HINT: u32 = 64 * 1024;
 
 /// The kernel's read-ahead for the mount, in KiB (set through sysfs once mounted; FUSE's
@@ -84,7 +85,8 @@ const LOAD_AHEAD: u64 = 8;
 /// How much longer than `--timeout` a read waits for its bytes without progress.
 const WAIT_MARGIN: Duration = Duration::from_secs(1);
 
-/// Default of `--connections`.
+/// Default of `--connections`, the number of stripes a sequential reader gets: to be set
+/// from the benchmark's measurements (issue 7); this is the one place to change it.
 pub(crate) const DEFAULT_CONNECTIONS: u16 = 4;
 
 /// One remote file version, as open handles see it.
