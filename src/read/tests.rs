@@ -504,7 +504,8 @@ fn a_random_reader_is_served_while_stripes_hold_every_connection() {
     let (rp, stats) = read_path(&remote, None, config());
     let seq = rp.open(id(&remote, "/big"));
     let mut off = 0;
-    while off < 4 * MIB {
+    // Far enough that both stripes fetch at full speed (and hold both connections).
+    while off < 10 * MIB {
         off += rp.read(&seq, off, MIB as u32).expect("read").len() as u64;
     }
     let random = rp.open(id(&remote, "/big"));
@@ -552,4 +553,30 @@ fn a_reader_that_pauses_loses_its_stripes_and_gets_new_ones_when_it_reads_on() {
     let t = remote.transfers();
     let stripes_after = t.iter().filter(|x| matches!(x.intent, Intent::Run { .. })).count();
     assert!(stripes_after > stripes_before, "new stripes: {t:?}");
+}
+
+#[test]
+fn a_reader_that_stops_after_a_few_mib_leaves_the_other_stripes_unopened() {
+    let size = 256 * MIB;
+    let data = pattern(size as usize, 17);
+    let remote = FakeRemote::with_file("/big", data.clone());
+    remote.set_parallelism(8);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = BlockCache::open(dir.path(), 4 << 30).expect("cache");
+    let (rp, stats) = read_path(&remote, Some(disk), config());
+    let f = rp.open(id(&remote, "/big"));
+    let mut off = 0;
+    while off < 4 * MIB {
+        let got = rp.read(&f, off, MIB as u32).expect("read");
+        assert!(got[..] == data[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+    // As `head -c 4M` does: a short pause for the last reply, then close.
+    std::thread::sleep(Duration::from_millis(100));
+    rp.release(&f);
+    until_quiet(&remote);
+    let t = remote.transfers();
+    assert!(t.len() <= 3, "only the transfers near the reader opened: {t:?}");
+    assert!(remote.bytes() <= 4 * MIB + 8 * MIB + MIB, "fetched {} bytes for 4 MiB read: {t:?}", remote.bytes());
+    assert!(stat(&stats.stripes) >= 1);
 }

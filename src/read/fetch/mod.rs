@@ -13,7 +13,10 @@
 //!   (`Remote::parallelism()`), like `lftp pget`: each stripe is one `Intent::Run { end }`
 //!   that runs to its stripe's end, and the last one ends at the end of the file, so a
 //!   whole-file copy ends without an abort. The peek that was serving the reader when it
-//!   turned sequential becomes the run's first stripe.
+//!   turned sequential becomes the run's first stripe. Until the reader has read 8 MiB in
+//!   order, stripes fetch at most 8 MiB ahead of it (so only the one it reads from runs): a
+//!   reader that stops after a few MiB does not leave every connection fetching the rest of
+//!   the file (`head -c 10M` of 1 GiB: 35 MiB fetched instead of 110 MiB on loopback).
 //!
 //! How a stripe's end is counted: a stream that stops exactly at its planned `end` before the
 //! end of the file is a *planned end* (`planned_ends`); one that reaches the end of the file

@@ -22,6 +22,10 @@ use crate::read::{BLOCK_SIZE, FileRef};
 use crate::remote::{Intent, RangeReader};
 use crate::stats::Stats;
 
+/// Bytes a sequential reader reads before all of its stripes fetch at full speed, and how
+/// far ahead of it they may fetch until then.
+const FULL_SPEED_AFTER: u64 = 8 << 20;
+const RAMP_AHEAD: u64 = 8 << 20;
 /// Bounds of a peek's linger.
 const LINGER_MIN: Duration = Duration::from_millis(10);
 const LINGER_MAX: Duration = Duration::from_millis(100);
@@ -189,8 +193,7 @@ impl Fetcher {
                     s.request_stop(&mut t, Stop::Unwanted);
                     continue;
                 }
-                // Only memory holds what a stripe fetches: it stays within reach of its reader.
-                if !self.writer.usable() && pos >= run.reader_pos.load(Ordering::Relaxed) + self.memory_horizon {
+                if pos >= run.reader_pos.load(Ordering::Relaxed).saturating_add(self.allowance(run)) {
                     run.wait_for_reader(Duration::from_millis(50));
                     continue;
                 }
@@ -328,6 +331,17 @@ impl Fetcher {
             }
         }
         None
+    }
+
+    /// How far ahead of its reader a stripe may fetch. Until the reader has read
+    /// `FULL_SPEED_AFTER` in order, only `RAMP_AHEAD`: a reader that stops after a few MiB
+    /// (`head`, one table of a FITS file) does not leave every connection fetching the rest
+    /// of the file; a copy waits that long for all its stripes. Without a usable disk cache,
+    /// only memory holds what stripes fetch: never more than the memory horizon.
+    fn allowance(&self, run: &Run) -> u64 {
+        let consumed = run.reader_pos.load(Ordering::Relaxed).saturating_sub(run.start);
+        let ahead = if consumed < FULL_SPEED_AFTER { RAMP_AHEAD } else { u64::MAX };
+        if self.writer.usable() { ahead } else { ahead.min(self.memory_horizon) }
     }
 
     /// Waits a moment at a peek's end for a read that extends it. True when extended.
