@@ -170,10 +170,11 @@ impl Fetcher {
             }
             if pos >= end {
                 if s.kind == Kind::Peek && !lingered && pos < size && reader.is_some() {
-                    lingered = true;
+                    // Extended: at its new end it may linger again.
                     if self.linger(s, pos) {
                         continue;
                     }
+                    lingered = true;
                 }
                 // Ended under the lock, so `ensure` cannot extend a stream that is closing.
                 let mut t = s.st.lock();
