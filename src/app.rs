@@ -128,6 +128,16 @@ fn run_mount(args: MountArgs) -> ExitCode {
         }
     };
     log::info!("mounted {} on {}", prepared.args.host, mountpoint.display());
+    {
+        // Looking the mount up is a FUSE request itself: it is answered once the session runs.
+        let mountpoint = mountpoint.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mastfs-readahead".into())
+            .spawn(move || crate::read::raise_kernel_read_ahead(&mountpoint));
+        if let Err(e) = spawned {
+            log::info!("kernel read-ahead left at its default: {e}");
+        }
+    }
     if let Some(mut signals) = signals {
         let mut unmounter = session.unmount_callable();
         let signal_mountpoint = mountpoint.clone();

@@ -194,7 +194,7 @@ pub struct MountArgs {
     pub root: String,
 
     /// Most connections to open to the server at once (lowered automatically on 421)
-    #[arg(long, default_value_t = 4, value_name = "N", help_heading = "Server",
+    #[arg(long, default_value_t = crate::read::DEFAULT_CONNECTIONS, value_name = "N", help_heading = "Server",
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub connections: u16,
 

@@ -275,14 +275,14 @@ mod tests {
     #[test]
     fn concurrent_first_listings_of_one_directory_cost_one_fetch() {
         let remote = Arc::new(FakeRemote::with_file("/a", vec![1]));
-        remote.list_delay_ms.store(200, Ordering::SeqCst);
+        remote.faults().list_delay_ms.store(200, Ordering::SeqCst);
         let (dirs, inodes) = cache(&remote, Duration::from_secs(60));
         std::thread::scope(|s| {
             for _ in 0..8 {
                 s.spawn(|| dirs.ensure_listing(ROOT).expect("listed"));
             }
         });
-        assert_eq!(remote.lists.load(Ordering::SeqCst), 1);
+        assert_eq!(remote.lists(), 1);
         assert_eq!(names(&inodes, ROOT), ["a"]);
     }
 
@@ -293,13 +293,13 @@ mod tests {
         dirs.ensure_listing(ROOT).expect("first listing");
         remote.put("/b", vec![2]);
         // The server stops answering listings until released.
-        remote.stall_lists.store(true, Ordering::SeqCst);
+        remote.faults().stall_lists.store(true, Ordering::SeqCst);
         for _ in 0..5 {
             dirs.ensure_listing(ROOT).expect("answered from the cached listing");
         }
         assert_eq!(names(&inodes, ROOT), ["a"], "the old listing answers meanwhile");
-        assert_eq!(remote.lists.load(Ordering::SeqCst), 2, "one refresh running, no second one");
-        remote.stall_lists.store(false, Ordering::SeqCst);
+        assert_eq!(remote.lists(), 2, "one refresh running, no second one");
+        remote.faults().stall_lists.store(false, Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(10);
         while names(&inodes, ROOT) != ["a", "b"] {
             assert!(Instant::now() < deadline, "the background refresh never landed");
@@ -322,12 +322,12 @@ mod tests {
         let remote = Arc::new(FakeRemote::with_file("/d/f", vec![1]));
         let (dirs, inodes) = cache(&remote, Duration::ZERO);
         dirs.ensure_listing(ROOT).expect("first listing");
-        remote.fail_lists.store(true, Ordering::SeqCst);
+        remote.faults().fail_lists.store(true, Ordering::SeqCst);
         dirs.ensure_listing(ROOT).expect("the cached listing answers");
         assert!(dirs.server_silent.load(Ordering::SeqCst));
         let d = inodes.lock().child(ROOT, "d").expect("d");
         assert_eq!(dirs.ensure_listing(d).err().map(|e| e.errno()), Some(libc::EIO), "nothing cached: an error");
-        remote.fail_lists.store(false, Ordering::SeqCst);
+        remote.faults().fail_lists.store(false, Ordering::SeqCst);
         dirs.ensure_listing(d).expect("the server answers again");
         assert!(!dirs.server_silent.load(Ordering::SeqCst));
     }
@@ -338,14 +338,14 @@ mod tests {
         let (dirs, inodes) = cache(&remote, Duration::ZERO);
         dirs.ensure_stat(ROOT, "a").expect("first stat");
         dirs.ensure_stat(ROOT, "gone").expect("a miss is an answer too");
-        remote.stall_lists.store(true, Ordering::SeqCst);
+        remote.faults().stall_lists.store(true, Ordering::SeqCst);
         for name in ["a", "gone", "a", "gone"] {
             dirs.ensure_stat(ROOT, name).expect("answered from the earlier stat");
         }
-        assert_eq!(remote.stats.load(Ordering::SeqCst), 4, "two first stats, one refresh of each");
+        assert_eq!(remote.stats(), 4, "two first stats, one refresh of each");
         let t = inodes.lock();
         assert!(t.by_name(ROOT, "a").is_some() && t.missing_since(ROOT, "gone").is_some());
         drop(t);
-        remote.stall_lists.store(false, Ordering::SeqCst);
+        remote.faults().stall_lists.store(false, Ordering::SeqCst);
     }
 }

@@ -35,9 +35,6 @@ pub enum RemoteError {
     /// A reply that makes no sense here (garbage, wrong code, out of step).
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// A transfer broke after `delivered` bytes reached the caller.
-    #[error("transfer broke after {delivered} bytes: {cause}")]
-    Partial { delivered: u64, cause: Box<RemoteError> },
 }
 
 impl RemoteError {
@@ -56,7 +53,6 @@ impl RemoteError {
             | RemoteError::Timeout(_)
             | RemoteError::TooManyConnections(_)
             | RemoteError::Protocol(_) => true,
-            RemoteError::Partial { cause, .. } => cause.is_transient(),
             RemoteError::Tls(_) | RemoteError::Login(_) | RemoteError::Unavailable(_) | RemoteError::Changed(_) => {
                 false
             }
@@ -99,7 +95,6 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Remote(RemoteError::Unavailable(_)) => libc::EACCES,
             FsError::Remote(RemoteError::Changed(_)) => libc::ESTALE,
-            FsError::Remote(RemoteError::Partial { cause, .. }) => FsError::Remote((**cause).clone()).errno(),
             FsError::Remote(_) => libc::EIO,
         }
     }
@@ -110,11 +105,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refusal_is_eacces_even_after_a_partial_transfer() {
+    fn a_refusal_is_eacces() {
         let refused = RemoteError::Unavailable("RETR /f: 550 Permission denied".into());
-        assert_eq!(FsError::from(refused.clone()).errno(), libc::EACCES);
-        let partial = RemoteError::Partial { delivered: 10, cause: Box::new(refused) };
-        assert_eq!(FsError::from(partial).errno(), libc::EACCES);
+        assert_eq!(FsError::from(refused).errno(), libc::EACCES);
     }
 
     #[test]

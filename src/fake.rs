@@ -1,33 +1,97 @@
-//! An in-memory remote for unit tests: a tree of files, request counters, injected faults.
+//! An in-memory remote for unit tests: a tree of files with distinct modification times,
+//! ranged readers over their bytes, request counters and injected faults (latency, a byte
+//! rate, broken transfers, refusals, stalls), so the read path is tested without a server.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::RemoteError;
-use crate::remote::{EntryKind, Intent, RangeReader, Remote, RemoteEntry, Sink, Version};
+use crate::remote::{EntryKind, Intent, RangeReader, Remote, RemoteEntry, Version};
+
+/// The modification time the first file gets; each later `put` is a minute younger, so no
+/// two files share a time and a replaced file always has a new one.
+const FIRST_MTIME: u64 = 1_700_000_000;
+/// Bytes one `read` hands out at most, about one TLS record.
+const CHUNK: usize = 16 * 1024;
+/// A stalled transfer gives up after this long, like a transport's timeout, so a test that
+/// forgets to lift a stall still ends.
+const STALL_LIMIT: Duration = Duration::from_secs(20);
+
+#[derive(Clone)]
+struct FakeFile {
+    data: Arc<Vec<u8>>,
+    mtime: SystemTime,
+}
+
+/// How one ranged transfer went, as the fake saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub path: String,
+    pub offset: u64,
+    pub intent: Intent,
+    /// Bytes handed to the reader.
+    pub delivered: u64,
+    /// `Some(position)` when the reader closed the transfer before the end of the file.
+    pub closed_early_at: Option<u64>,
+    /// The transfer broke (injected fault) and the reader saw an error.
+    pub broke: bool,
+}
+
+/// Faults and latency applied to every transfer; tests change them at any time.
+#[derive(Default)]
+pub struct Faults {
+    /// Delay before `open` returns, in microseconds (a round trip or a few).
+    pub open_delay_us: AtomicU64,
+    /// Bytes per second each transfer delivers at most (0: unlimited).
+    pub rate: AtomicU64,
+    /// Break each transfer after it delivered this many bytes (0: never).
+    pub break_after: AtomicU64,
+    /// Break this many transfers, then stop breaking (0 with `break_after` set: break all).
+    pub break_count: AtomicU64,
+    /// `open` fails as a `550` refusal.
+    pub refuse: AtomicBool,
+    /// The next this many `open`s fail as a reset connection (a transient failure).
+    pub fail_opens: AtomicU64,
+    /// `open` and `read` block while set (a server that stopped answering).
+    pub stall: AtomicBool,
+    /// Every listing and stat fails as if the server were unreachable.
+    pub fail_lists: AtomicBool,
+    /// Listings and stats wait while this is set, as on a server that stopped answering.
+    pub stall_lists: AtomicBool,
+    /// Every listing takes this long, in milliseconds.
+    pub list_delay_ms: AtomicU64,
+}
 
 #[derive(Default)]
-pub struct FakeRemote {
-    files: Mutex<HashMap<String, Vec<u8>>>,
-    pub lists: AtomicU64,
-    pub reads: AtomicU64,
-    pub bytes: AtomicU64,
-    /// Every listing and stat fails as if the server were unreachable.
-    pub fail_lists: std::sync::atomic::AtomicBool,
-    /// Listings and stats wait while this is set, as on a server that stopped answering.
-    pub stall_lists: std::sync::atomic::AtomicBool,
-    /// Every listing takes this long.
-    pub list_delay_ms: AtomicU64,
-    /// `stat` calls seen.
-    pub stats: AtomicU64,
+struct Shared {
+    files: Mutex<HashMap<String, FakeFile>>,
+    next_mtime: AtomicU64,
+    faults: Faults,
+    parallelism: AtomicUsize,
+    lists: AtomicU64,
+    stats: AtomicU64,
     /// Directories whose listing is refused (`550`) though their entries can be looked up.
     refused_lists: Mutex<Vec<String>>,
-    /// Break every transfer after this many bytes (0 = never).
-    pub break_after: AtomicU64,
-    /// Ranged reads seen: (path, offset, bytes delivered).
-    pub log: Mutex<Vec<(String, u64, u64)>>,
+    opens: AtomicU64,
+    bytes: AtomicU64,
+    live: AtomicUsize,
+    log: Mutex<Vec<Transfer>>,
+}
+
+#[derive(Clone)]
+pub struct FakeRemote {
+    shared: Arc<Shared>,
+}
+
+impl Default for FakeRemote {
+    fn default() -> Self {
+        let remote = FakeRemote { shared: Arc::new(Shared::default()) };
+        remote.shared.parallelism.store(4, Ordering::SeqCst);
+        remote
+    }
 }
 
 impl FakeRemote {
@@ -37,56 +101,65 @@ impl FakeRemote {
         r
     }
 
+    /// Adds or replaces a file; it gets a modification time no other file has.
     pub fn put(&self, path: &str, data: Vec<u8>) {
-        self.files.lock().insert(path.to_string(), data);
-    }
-
-    pub fn refuse_list(&self, dir: &str) {
-        self.refused_lists.lock().push(dir.to_string());
+        let n = self.shared.next_mtime.fetch_add(1, Ordering::SeqCst);
+        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(FIRST_MTIME + 60 * n);
+        self.shared.files.lock().insert(path.to_string(), FakeFile { data: Arc::new(data), mtime });
     }
 
     pub fn remove(&self, path: &str) {
-        self.files.lock().remove(path);
+        self.shared.files.lock().remove(path);
     }
 
-    pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::SeqCst)
+    /// Listings of `dir` are refused with a `550`; its entries can still be looked up.
+    pub fn refuse_list(&self, dir: &str) {
+        self.shared.refused_lists.lock().push(dir.to_string());
     }
 
+    /// The version a listing of `path` gives now.
+    pub fn version(&self, path: &str) -> Option<Version> {
+        let files = self.shared.files.lock();
+        let f = files.get(path)?;
+        Some(Version { size: f.data.len() as u64, mtime: unix_secs(f.mtime) })
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    pub fn set_parallelism(&self, n: usize) {
+        self.shared.parallelism.store(n, Ordering::SeqCst);
+    }
+
+    /// Listings served.
+    pub fn lists(&self) -> u64 {
+        self.shared.lists.load(Ordering::SeqCst)
+    }
+
+    /// `stat`s answered.
+    pub fn stats(&self) -> u64 {
+        self.shared.stats.load(Ordering::SeqCst)
+    }
+
+    /// Transfers opened (each one a `REST` + `RETR` on a real server).
+    pub fn opens(&self) -> u64 {
+        self.shared.opens.load(Ordering::SeqCst)
+    }
+
+    /// Bytes handed to readers, all transfers together.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::SeqCst)
+        self.shared.bytes.load(Ordering::SeqCst)
     }
-}
 
-impl FakeRemote {
-    /// What a listing of `dir` shows (directories are implied by the files under them).
-    fn entries(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
-        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
-        let files = self.files.lock();
-        let mut out: Vec<RemoteEntry> = Vec::new();
-        for (path, data) in files.iter() {
-            let Some(rest) = path.strip_prefix(&prefix) else { continue };
-            let (name, kind, size) = match rest.split_once('/') {
-                Some((d, _)) => (d, EntryKind::Dir, 0),
-                None => (rest, EntryKind::File, data.len() as u64),
-            };
-            if out.iter().any(|e| e.name == name) {
-                continue;
-            }
-            out.push(RemoteEntry {
-                name: name.to_string(),
-                kind,
-                size,
-                mtime: SystemTime::UNIX_EPOCH,
-                mtime_precision: 1,
-                perm: None,
-                link_target: None,
-            });
-        }
-        if out.is_empty() && dir != "/" {
-            return Err(RemoteError::Unavailable(dir.to_string()));
-        }
-        Ok(out)
+    /// Transfers open right now.
+    pub fn live(&self) -> usize {
+        self.shared.live.load(Ordering::SeqCst)
+    }
+
+    /// Every transfer that has ended, in the order they ended.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        self.shared.log.lock().clone()
     }
 }
 
@@ -103,13 +176,27 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Blocks while the stall fault is set; a stall longer than `STALL_LIMIT` is a timeout.
+fn wait_out_stall(faults: &Faults, what: &str) -> Result<(), RemoteError> {
+    let started = Instant::now();
+    while faults.stall.load(Ordering::SeqCst) {
+        if started.elapsed() > STALL_LIMIT {
+            return Err(RemoteError::Timeout(what.to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
 impl Remote for FakeRemote {
     fn stat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
-        self.stats.fetch_add(1, Ordering::SeqCst);
-        while self.stall_lists.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        if self.fail_lists.load(Ordering::SeqCst) {
+        self.shared.stats.fetch_add(1, Ordering::SeqCst);
+        self.wait_out_list_stall();
+        if self.shared.faults.fail_lists.load(Ordering::SeqCst) {
             return Err(RemoteError::Timeout(format!("stat {path}")));
         }
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
@@ -126,85 +213,200 @@ impl Remote for FakeRemote {
         path: &str,
         offset: u64,
         version: Version,
-        _intent: Intent,
+        intent: Intent,
     ) -> Result<Box<dyn RangeReader>, RemoteError> {
-        let mut data = Vec::new();
-        self.read_from(path, offset, version, &mut |chunk: &[u8]| {
-            data.extend_from_slice(chunk);
-            true
-        })?;
-        Ok(Box::new(FakeReader { data, at: 0, offset }))
+        let faults = &self.shared.faults;
+        let delay = faults.open_delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay));
+        }
+        wait_out_stall(faults, "RETR")?;
+        if faults.refuse.load(Ordering::SeqCst) {
+            return Err(RemoteError::Unavailable(format!("RETR {path}: 550 Permission denied")));
+        }
+        let failing = faults.fail_opens.load(Ordering::SeqCst);
+        if failing > 0 {
+            faults.fail_opens.store(failing - 1, Ordering::SeqCst);
+            return Err(RemoteError::io(&std::io::ErrorKind::ConnectionReset.into(), "RETR"));
+        }
+        let file = self
+            .shared
+            .files
+            .lock()
+            .get(path)
+            .cloned()
+            .ok_or_else(|| RemoteError::Unavailable(format!("RETR {path}: 550 No such file")))?;
+        let size = file.data.len() as u64;
+        if size != version.size || unix_secs(file.mtime) != version.mtime {
+            return Err(RemoteError::Changed(format!(
+                "{path}: now {size} bytes at {}, expected {} bytes at {}",
+                unix_secs(file.mtime),
+                version.size,
+                version.mtime
+            )));
+        }
+        if offset > size {
+            return Err(RemoteError::Protocol(format!("REST {offset} beyond the end of {path}")));
+        }
+        self.shared.opens.fetch_add(1, Ordering::SeqCst);
+        self.shared.live.fetch_add(1, Ordering::SeqCst);
+        let break_after = faults.break_after.load(Ordering::SeqCst);
+        let count = faults.break_count.load(Ordering::SeqCst);
+        if break_after > 0 && count > 0 {
+            // One of a limited number of breaks: after the last one, transfers run clean.
+            if count == 1 {
+                faults.break_after.store(0, Ordering::SeqCst);
+            }
+            faults.break_count.store(count - 1, Ordering::SeqCst);
+        }
+        Ok(Box::new(FakeReader {
+            shared: Arc::clone(&self.shared),
+            path: path.to_string(),
+            data: file.data,
+            offset,
+            pos: offset,
+            intent,
+            break_after,
+            opened: Instant::now(),
+            broke: false,
+            ended: false,
+        }))
     }
 
     fn parallelism(&self) -> usize {
-        4
+        self.shared.parallelism.load(Ordering::SeqCst)
     }
 
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
-        self.lists.fetch_add(1, Ordering::SeqCst);
-        std::thread::sleep(std::time::Duration::from_millis(self.list_delay_ms.load(Ordering::SeqCst)));
-        while self.stall_lists.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        if self.fail_lists.load(Ordering::SeqCst) {
+        self.shared.lists.fetch_add(1, Ordering::SeqCst);
+        let faults = &self.shared.faults;
+        std::thread::sleep(Duration::from_millis(faults.list_delay_ms.load(Ordering::SeqCst)));
+        self.wait_out_list_stall();
+        if faults.fail_lists.load(Ordering::SeqCst) {
             return Err(RemoteError::Timeout(format!("listing {dir}")));
         }
-        if self.refused_lists.lock().iter().any(|d| d == dir) {
+        if self.shared.refused_lists.lock().iter().any(|d| d == dir) {
             return Err(RemoteError::Unavailable(format!("LIST {dir}: 550 Permission denied")));
         }
         self.entries(dir)
     }
+}
 
-    fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
-        let size = version.size;
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        let data = self.files.lock().get(path).cloned().ok_or_else(|| RemoteError::Unavailable(path.to_string()))?;
-        if data.len() as u64 != size {
-            return Err(RemoteError::Changed(path.to_string()));
-        }
-        let limit = self.break_after.load(Ordering::SeqCst);
-        let mut pos = offset as usize;
-        let mut delivered = 0u64;
-        while pos < data.len() {
-            let end = (pos + 64 * 1024).min(data.len());
-            if limit > 0 && delivered >= limit {
-                self.log.lock().push((path.into(), offset, delivered));
-                return Err(RemoteError::Partial {
-                    delivered,
-                    cause: Box::new(RemoteError::io(&std::io::ErrorKind::ConnectionReset.into(), "data connection")),
-                });
+impl FakeRemote {
+    /// What a listing of `dir` shows (directories are implied by the files under them).
+    fn entries(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
+        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+        let files = self.shared.files.lock();
+        let mut out: Vec<RemoteEntry> = Vec::new();
+        for (path, file) in files.iter() {
+            let Some(rest) = path.strip_prefix(&prefix) else { continue };
+            let (name, kind, size, mtime) = match rest.split_once('/') {
+                Some((d, _)) => (d, EntryKind::Dir, 0, SystemTime::UNIX_EPOCH + Duration::from_secs(FIRST_MTIME)),
+                None => (rest, EntryKind::File, file.data.len() as u64, file.mtime),
+            };
+            if out.iter().any(|e| e.name == name) {
+                continue;
             }
-            let chunk = &data[pos..end];
-            self.bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-            delivered += chunk.len() as u64;
-            pos = end;
-            if !sink(chunk) {
-                break;
-            }
+            out.push(RemoteEntry {
+                name: name.to_string(),
+                kind,
+                size,
+                mtime,
+                mtime_precision: 1,
+                perm: None,
+                link_target: None,
+            });
         }
-        self.log.lock().push((path.into(), offset, delivered));
-        Ok(delivered)
+        if out.is_empty() && dir != "/" {
+            return Err(RemoteError::Unavailable(dir.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Blocks while listings and stats are stalled (no time limit: tests lift it).
+    fn wait_out_list_stall(&self) {
+        while self.shared.faults.stall_lists.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
-/// TRANSITIONAL: the whole rest of the file, fetched at `open`.
+/// A transfer over a file's bytes, with the faults in force when it was opened.
 struct FakeReader {
-    data: Vec<u8>,
-    at: usize,
+    shared: Arc<Shared>,
+    path: String,
+    data: Arc<Vec<u8>>,
     offset: u64,
+    pos: u64,
+    intent: Intent,
+    break_after: u64,
+    opened: Instant,
+    broke: bool,
+    ended: bool,
+}
+
+impl FakeReader {
+    fn end(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.shared.live.fetch_sub(1, Ordering::SeqCst);
+        let size = self.data.len() as u64;
+        let closed_early_at = (!self.broke && self.pos < size).then_some(self.pos);
+        self.shared.log.lock().push(Transfer {
+            path: self.path.clone(),
+            offset: self.offset,
+            intent: self.intent,
+            delivered: self.pos - self.offset,
+            closed_early_at,
+            broke: self.broke,
+        });
+    }
 }
 
 impl RangeReader for FakeReader {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, RemoteError> {
-        let n = buf.len().min(self.data.len() - self.at);
-        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
-        self.at += n;
+        if self.broke {
+            return Err(RemoteError::Protocol("read after a broken transfer".into()));
+        }
+        let faults = &self.shared.faults;
+        wait_out_stall(faults, "data connection")?;
+        let delivered = self.pos - self.offset;
+        if self.break_after > 0 && delivered >= self.break_after {
+            self.broke = true;
+            return Err(RemoteError::io(&std::io::ErrorKind::ConnectionReset.into(), "data connection"));
+        }
+        let size = self.data.len() as u64;
+        let mut n = buf.len().min(CHUNK).min((size - self.pos) as usize);
+        if self.break_after > 0 {
+            n = n.min((self.break_after - delivered) as usize);
+        }
+        let start = self.pos as usize;
+        buf[..n].copy_from_slice(&self.data[start..start + n]);
+        self.pos += n as u64;
+        self.shared.bytes.fetch_add(n as u64, Ordering::SeqCst);
+        let rate = faults.rate.load(Ordering::SeqCst);
+        if rate > 0 {
+            let due = Duration::from_secs_f64((self.pos - self.offset) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.opened.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         Ok(n)
     }
 
     fn position(&self) -> u64 {
-        self.offset + self.at as u64
+        self.pos
     }
 
-    fn close(self: Box<Self>) {}
+    fn close(mut self: Box<Self>) {
+        self.end();
+    }
+}
+
+impl Drop for FakeReader {
+    fn drop(&mut self) {
+        self.end();
+    }
 }

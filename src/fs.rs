@@ -18,12 +18,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::blocks::{BlockStore, Data, FileRef};
-use crate::cache::FileId;
 use crate::dircache::DirCache;
 use crate::error::FsError;
 use crate::inode::{Inodes, Node, ROOT};
-use crate::readahead::Readahead;
+use crate::read::{Data, FileId, OpenFile, ReadPath};
 use crate::remote::{EntryKind, NAME_MAX, Remote};
 use crate::stats::Stats;
 
@@ -105,11 +103,6 @@ pub struct Opened {
     pub direct_io: bool,
 }
 
-struct Handle {
-    file: FileRef,
-    readahead: Mutex<Readahead>,
-}
-
 /// One open directory: the entries it shows, fixed at `opendir` (and at a rewind), so that
 /// paging through it neither repeats nor skips an entry while its listing is refreshed.
 struct DirHandle {
@@ -121,7 +114,7 @@ struct DirHandle {
 }
 
 pub struct MastFs {
-    store: Arc<BlockStore>,
+    store: Arc<ReadPath>,
     config: FsConfig,
     stats: Arc<Stats>,
     inodes: Arc<Mutex<Inodes>>,
@@ -129,7 +122,7 @@ pub struct MastFs {
     /// Lookups answered by `stat` per directory without a listing: (since, count).
     stat_lookups: Mutex<HashMap<u64, (Instant, u32)>>,
     dir_handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// The stats file's text per open handle, rendered once at `open`: every read of one
     /// handle sees one consistent text, whole, whatever size an earlier `stat` saw.
     stats_texts: Mutex<HashMap<u64, Arc<[u8]>>>,
@@ -139,7 +132,7 @@ pub struct MastFs {
 }
 
 impl MastFs {
-    pub fn new(remote: Arc<dyn Remote>, store: Arc<BlockStore>, config: FsConfig, stats: Arc<Stats>) -> MastFs {
+    pub fn new(remote: Arc<dyn Remote>, store: Arc<ReadPath>, config: FsConfig, stats: Arc<Stats>) -> MastFs {
         let inodes = Arc::new(Mutex::new(Inodes::new()));
         let dirs = Arc::new(DirCache::new(Arc::clone(&remote), Arc::clone(&inodes), &config.root, config.ttl));
         MastFs {
@@ -169,7 +162,7 @@ impl MastFs {
         self.config.gid
     }
 
-    pub fn store(&self) -> &Arc<BlockStore> {
+    pub fn store(&self) -> &Arc<ReadPath> {
         &self.store
     }
 
@@ -371,8 +364,7 @@ impl MastFs {
         };
         let id = FileId { server: self.config.server.clone(), user: self.config.user.clone(), path, size, mtime: secs };
         let keep_cache = self.opened_versions.lock().insert(ino, (size, mtime)) == Some((size, mtime));
-        let handle = Handle { file: FileRef::new(id), readahead: Mutex::new(Readahead::default()) };
-        self.handles.lock().insert(fh, Arc::new(handle));
+        self.handles.lock().insert(fh, self.store.open(id));
         Ok(Opened { fh, keep_cache, direct_io: false })
     }
 
@@ -381,42 +373,31 @@ impl MastFs {
             return self.read_stats(fh, offset, size).map(Data::Owned);
         }
         let handle = self.handles.lock().get(&fh).cloned().ok_or(FsError::BadHandle)?;
-        let plan = {
-            let cfg = self.store.config();
-            handle.readahead.lock().on_read(
-                offset,
-                u64::from(size),
-                handle.file.size(),
-                self.store.window_cap(),
-                cfg.workers as u64,
-            )
-        };
-        if let Some(p) = plan {
-            self.store.prefetch(&handle.file, p.first, p.count, p.run);
-        }
-        self.store.read(&handle.file, offset, size).map_err(|e| {
+        self.store.read(&handle, offset, size).map_err(|e| {
             Stats::add(&self.stats.read_errors, 1);
-            log::warn!("read of {} at {offset} failed: {e}", handle.file.id.path);
+            log::warn!("read of {} at {offset} failed: {e}", handle.path());
             FsError::from(e)
         })
     }
 
     pub fn release(&self, fh: u64) {
         self.stats_texts.lock().remove(&fh);
-        self.handles.lock().remove(&fh);
+        if let Some(handle) = self.handles.lock().remove(&fh) {
+            self.store.release(&handle);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blocks::BlockConfig;
     use crate::fake::{FakeRemote, pattern};
+    use crate::read::ReadConfig;
 
     fn mount(remote: &Arc<FakeRemote>, ttl: Duration) -> MastFs {
         let stats = Arc::new(Stats::default());
         let r: Arc<dyn Remote> = remote.clone();
-        let store = BlockStore::new(Arc::clone(&r), None, BlockConfig::default(), Arc::clone(&stats));
+        let store = ReadPath::new(Arc::clone(&r), None, ReadConfig::default(), Arc::clone(&stats));
         let config =
             FsConfig { root: "/".into(), ttl, server: "test:21".into(), user: "anonymous".into(), uid: 0, gid: 0 };
         MastFs::new(r, store, config, stats)
@@ -450,11 +431,11 @@ mod tests {
     }
 
     fn lists(remote: &FakeRemote) -> u64 {
-        remote.lists.load(Ordering::SeqCst)
+        remote.lists()
     }
 
     fn stats(remote: &FakeRemote) -> u64 {
-        remote.stats.load(Ordering::SeqCst)
+        remote.stats()
     }
 
     #[test]
@@ -551,7 +532,7 @@ mod tests {
         let remote = Arc::new(FakeRemote::with_file("/d/f", vec![1, 2]));
         let fs = mount(&remote, Duration::ZERO);
         let d = fs.lookup(ROOT, name("d")).expect("d");
-        remote.fail_lists.store(true, Ordering::SeqCst);
+        remote.faults().fail_lists.store(true, Ordering::SeqCst);
         assert_eq!(fs.lookup(ROOT, name("d")).expect("still answers"), d);
         assert_eq!(fs.lookup(d.ino, name("f")).err().map(|e| e.errno()), Some(libc::EIO), "never seen: an error");
     }
@@ -627,7 +608,7 @@ mod tests {
         let fs = mount(&remote, Duration::from_secs(60));
         let err = fs.lookup(ROOT, name(&"n".repeat(256))).err().map(|e| e.errno());
         assert_eq!(err, Some(libc::ENAMETOOLONG));
-        assert_eq!(remote.lists.load(Ordering::SeqCst), 0);
+        assert_eq!(remote.lists(), 0);
     }
 
     #[test]
@@ -708,7 +689,7 @@ mod tests {
         let fs = mount(&remote, Duration::ZERO);
         let d = fs.lookup(ROOT, name("d")).expect("d").ino;
         assert_eq!(ls(&fs, d).expect("ls").len(), 3);
-        remote.fail_lists.store(true, Ordering::SeqCst);
+        remote.faults().fail_lists.store(true, Ordering::SeqCst);
         assert_eq!(ls(&fs, d).expect("still answers").len(), 3);
         assert_eq!(fs.lookup(d, name("f")).expect("still found").size, 3);
         let fresh = mount(&remote, Duration::ZERO);

@@ -42,7 +42,7 @@ impl FuseAdapter {
             uid: self.fs.uid(),
             gid: self.fs.gid(),
             rdev: 0,
-            blksize: crate::cache::BLOCK_SIZE as u32,
+            blksize: crate::read::IO_SIZE_HINT,
             flags: 0,
         }
     }
@@ -64,7 +64,15 @@ impl Filesystem for FuseAdapter {
         // readdirplus hands attributes out with the names: `ls -l` needs no lookup per entry.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS);
-        let _ = config.set_max_readahead(1 << 20);
+        // Requests as large as the kernel allows. fuser asks for FUSE_MAX_PAGES whenever the
+        // kernel offers it, with max_pages from max(max_write, max_readahead) (16 MiB), which
+        // the kernel clamps to its own limit (fs.fuse.max_pages_limit: 256 pages, 1 MiB). The
+        // read-ahead the kernel offers here is its current one (128 KiB) and FUSE may only
+        // lower it: keep all of it; it is raised in sysfs once mounted
+        // (`read::raise_kernel_read_ahead`).
+        if let Err(most) = config.set_max_readahead(u32::MAX) {
+            let _ = config.set_max_readahead(most);
+        }
         Ok(())
     }
 

@@ -1,8 +1,6 @@
 //! mastfs: a read-only FUSE view of an FTPS archive, with a persistent block cache.
 
 mod app;
-mod blocks;
-mod cache;
 mod cli;
 mod config;
 mod credentials;
@@ -18,7 +16,7 @@ mod listing;
 mod manpage;
 mod mount;
 mod mount_opts;
-mod readahead;
+mod read;
 mod remote;
 mod stats;
 mod stats_view;

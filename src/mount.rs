@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::blocks::{BlockConfig, BlockStore};
-use crate::cache::BlockCache;
 use crate::cli::{MountArgs, TlsMax};
 use crate::config::{Secret, parse_size};
 use crate::fs::{FsConfig, MastFs};
@@ -16,6 +14,7 @@ use crate::ftp::tls::{TlsOptions, base_config};
 use crate::ftp::{Endpoint, FtpsRemote, Pool};
 use crate::fuse::FuseAdapter;
 use crate::mount_opts::{self, FuseOpt, MountOpt};
+use crate::read::{BlockCache, ReadConfig, ReadPath};
 use crate::remote::Remote;
 use crate::stats::Stats;
 
@@ -149,7 +148,7 @@ fn unescape_mountinfo(s: &str) -> String {
 /// A ready file system plus what is needed to mount it.
 pub struct Built {
     pub adapter: FuseAdapter,
-    pub store: Arc<BlockStore>,
+    pub store: Arc<ReadPath>,
     pub config: Config,
 }
 
@@ -193,12 +192,8 @@ pub fn build(p: &Prepared) -> Result<Built, String> {
         }
     };
     let remote: Arc<dyn Remote> = Arc::new(remote);
-    let store = BlockStore::new(
-        Arc::clone(&remote),
-        disk,
-        BlockConfig { workers: connections, ..BlockConfig::default() },
-        Arc::clone(&stats),
-    );
+    let store =
+        ReadPath::new(Arc::clone(&remote), disk, ReadConfig { timeout, ..ReadConfig::default() }, Arc::clone(&stats));
     let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
     let fs = MastFs::new(
         remote,

@@ -59,12 +59,9 @@ pub struct Version {
     pub mtime: i64,
 }
 
-// TRANSITIONAL (base branch): nothing calls the pull-style API yet; the issue 7 read path
-// and the issue 8 lookups do, and remove these allows.
 /// What a ranged read is for. The transport sizes its socket buffers from it, so that bytes
 /// the reader will not use do not cross the link before an early close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)]
 pub enum Intent {
     /// A random read: about `len` bytes from the offset are wanted now. The caller may keep
     /// reading if its reads turn sequential, but expects to close early.
@@ -74,7 +71,11 @@ pub enum Intent {
 }
 
 /// One ranged transfer in progress. Dropping it ends the transfer like `close`.
-#[allow(dead_code)]
+///
+/// What the FTPS transport promises beyond the signatures: a `Peek` reader that keeps reading
+/// is held to about `len` plus one TLS record per round trip (its socket buffer is small), so
+/// sequential access should open a `Run`; `open` at or past the file's size gives a reader
+/// that returns `Ok(0)`; a transfer that ends before the version's size fails with `Changed`.
 pub trait RangeReader: Send {
     /// Reads the next bytes of the file into `buf`. `Ok(0)` only at the end of the file (a
     /// transfer that ends before the version's size is an error, never a short file). After
@@ -90,7 +91,6 @@ pub trait RangeReader: Send {
 }
 
 /// A remote tree of files, addressed by absolute `/`-separated paths.
-#[allow(dead_code)]
 pub trait Remote: Send + Sync + 'static {
     /// Lists a directory. Entries that cannot be represented are already dropped.
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError>;
@@ -114,12 +114,4 @@ pub trait Remote: Send + Sync + 'static {
     /// How many transfers may run at once now: the connection limit, lowered after the
     /// server refused a connection.
     fn parallelism(&self) -> usize;
-
-    /// TRANSITIONAL (base branch only; the read-path rewrite of issue 7 removes it): streams
-    /// the bytes of `path` from `offset` into `sink` until it returns `false` or the file ends,
-    /// resuming a broken transfer at the exact byte. Kept so the old block store still runs.
-    fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError>;
 }
-
-/// TRANSITIONAL: receives the bytes of `read_from` in order; returns `false` to stop early.
-pub type Sink<'a> = dyn FnMut(&[u8]) -> bool + 'a;

@@ -20,8 +20,16 @@ macro_rules! counters {
 }
 
 counters! {
-    cache_hits: "Blocks served from the disk or memory cache.",
-    cache_misses: "Blocks that had to come from the server.",
+    cache_hits: "Blocks a read found in memory or the disk cache with all the bytes it wanted.",
+    cache_misses: "Blocks a read had to wait on the server for.",
+    served_bytes: "File bytes returned to readers.",
+    fetched_bytes: "File bytes the read path took from transfers.",
+    fetches: "Ranged transfers the read path opened (REST + RETR), resumptions included.",
+    peeks: "Transfers that served random reads (ended ones).",
+    stripes: "Transfers that served a sequential reader: stripes, and the peek that led into them (ended ones).",
+    planned_ends: "Transfers closed where they were planned to end, before the end of the file (stripe ends).",
+    cancelled: "Transfers closed before their planned end (file closed, reader idle or elsewhere, preempted).",
+    resumed: "Broken transfers reopened at the exact byte they had reached.",
     net_bytes: "File bytes received on data connections.",
     retrs: "RETR commands sent.",
     aborts: "Transfers ended before the end of the file (the reader closed early).",
@@ -32,7 +40,6 @@ counters! {
     too_many: "Refusals for too many connections (421).",
     read_errors: "Reads that failed with an error returned to the caller.",
     cache_write_errors: "Blocks that could not be written to the disk cache.",
-    prefetched_blocks: "Blocks fetched ahead of the reader.",
     round_trips: "Times a request waited for the server after sending to it (replies, TCP connects, TLS flights).",
     background_round_trips: "The same waits of connections being re-armed or cleaned up off the request path.",
     armed: "Data connections opened ahead on idle connections (PASV answered, TCP connected).",

@@ -209,13 +209,15 @@ fn copy_survives_data_cuts(kind: Kind) {
     }
     let size = 16 * MIB;
     let (_root, server, relay) = serve_relayed(kind, |r| write_pattern_file(&r.join("big.bin"), 7, size));
-    let mount = mount_relayed(&server, &relay, &[]);
+    // Two connections: stripes of about 7 MiB, each cut at least twice.
+    let mount = mount_relayed(&server, &relay, &["--connections", "2"]);
     relay.cut_data_after(Some(3 * MIB));
     let out = tempfile::tempdir().expect("out dir");
     assert_same(&cp(&mount, "big.bin", out.path()), 7, size, "copy through cut data connections");
     let cuts = relay.stats().cuts;
     assert!(cuts >= 4, "the relay cut {cuts} data connections");
-    assert!(stat_value(&mount, "retries") > 0, "{}", mount.stderr());
+    // Resumed at the exact byte, by the transport or by the read path.
+    assert!(stat_value(&mount, "retries") + stat_value(&mount, "resumed") > 0, "{}", mount.stderr());
     assert!(stat_value(&mount, "reconnects") > 0);
     assert_eq!(stat_value(&mount, "read_errors"), 0, "every cut was resumed");
 }
@@ -328,7 +330,7 @@ fn corrupted_truncated_and_deleted_cache_blocks_are_fetched_again_never_served()
     }
     let blocks = block_files(cache.path());
     assert_eq!(blocks.len(), 7, "one file per 1 MiB block: {blocks:?}");
-    // A flipped data byte after the 64-byte header, a truncated block, a missing block.
+    // A flipped data byte after the header, a truncated block, a missing block.
     let mut bytes = fs::read(&blocks[1]).expect("block");
     bytes[64 + 1000] ^= 0x40;
     fs::write(&blocks[1], &bytes).expect("corrupt a block");
@@ -337,8 +339,10 @@ fn corrupted_truncated_and_deleted_cache_blocks_are_fetched_again_never_served()
 
     let second = Mount::builder(&server).cache_dir(cache.path()).start();
     assert_same(&cat(&second.path("f.bin")).expect("read over a damaged cache"), 9, size, "after damage");
-    let net = stat_value(&second, "net_bytes");
-    assert!(net > 0 && net <= 3 * MIB, "only the three damaged blocks come again ({net} bytes)");
+    // What the read path took from transfers (the transport may have had more in flight
+    // when each ended).
+    let fetched = stat_value(&second, "fetched_bytes");
+    assert!(fetched > 0 && fetched <= 3 * MIB, "only the three damaged blocks come again ({fetched} bytes)");
 }
 
 #[test]

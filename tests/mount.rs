@@ -98,7 +98,7 @@ fn hostile_names_nested_dirs_and_symlinks(kind: Kind) {
     let secret = mount.path("a/secret.fits");
     let err = within("read of an unreadable file", Duration::from_secs(120), move || fs::read(secret))
         .expect_err("an unreadable file must not read");
-    assert!(matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EIO)), "got {err:?}");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "a refused RETR is EACCES, got {err:?}");
     // And the mount still works afterwards.
     assert_eq!(fs::read(mount.path("links/target.txt")).expect("read"), b"symlink target\n");
 }
@@ -163,7 +163,8 @@ fn copies_are_byte_exact_from_empty_to_64_mib() {
         assert_eq!(got.len() as u64, *size);
         assert!(got == pattern_bytes(i as u64 + 100, 0, *size as usize), "bytes of the {size}-byte file differ");
     }
-    assert!(stat_value(&mount, "prefetched_blocks") > 0, "the 64 MiB copy used parallel read-ahead");
+    assert!(stat_value(&mount, "stripes") > 1, "the 64 MiB copy was split among the connections");
+    assert_eq!(stat_value(&mount, "cancelled"), 0, "no transfer stopped before its planned end");
 }
 
 fn random_preads(kind: Kind, extra: &[&str]) {
@@ -254,10 +255,10 @@ fn random_reads_fetch_only_the_blocks_they_touch() {
     for off in offsets {
         assert_eq!(mount.read_range("r.bin", off, 4096), pattern_bytes(3, off, 4096));
     }
-    let net = stat_value(&mount, "net_bytes");
-    // The kernel may read ahead within a block, but never into blocks nobody touched.
-    assert!(net <= offsets.len() as u64 * MIB, "moved {net} bytes for {} random reads", offsets.len());
-    assert_eq!(stat_value(&mount, "prefetched_blocks"), 0, "random reads start no read-ahead");
+    // The kernel reads ahead a little around each read; the read path fetches what it asks.
+    let fetched = stat_value(&mount, "fetched_bytes");
+    assert!(fetched <= offsets.len() as u64 * 512 * 1024, "fetched {fetched} bytes for {} random reads", offsets.len());
+    assert_eq!(stat_value(&mount, "stripes"), 0, "random reads start no stripes");
 }
 
 #[test]

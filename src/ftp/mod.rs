@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::RemoteError;
 use crate::listing;
-use crate::remote::{Intent, RangeReader, Remote, RemoteEntry, Sink, Version};
+use crate::remote::{Intent, RangeReader, Remote, RemoteEntry, Version};
 use crate::stats::Stats;
 
 pub use login::Endpoint;
@@ -162,60 +162,6 @@ impl Remote for FtpsRemote {
 
     fn parallelism(&self) -> usize {
         self.pool.limit()
-    }
-
-    /// TRANSITIONAL (removed with the push-style API when the new block layer is merged):
-    /// reads with `open` from `offset` until `sink` declines or the file ends, resuming a
-    /// broken transfer at the exact byte. Quick failures (a refused or reset connection) are
-    /// retried with a growing pause for as long as the transfer has made progress within the
-    /// last `--timeout`: a server that is briefly unreachable is ridden out, one that stays
-    /// silent fails the read after about `--timeout`, never a multiple of it.
-    fn read_from(&self, path: &str, offset: u64, version: Version, sink: &mut Sink<'_>) -> Result<u64, RemoteError> {
-        let mut total = 0u64;
-        let mut attempt = 0u32;
-        let mut last_progress = Instant::now();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let at = offset + total;
-            let failure = match self.open(path, at, version, Intent::Run { end: version.size }) {
-                Err(e) => e,
-                Ok(mut reader) => loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => {
-                            reader.close();
-                            return Ok(total);
-                        }
-                        Ok(n) => {
-                            total += n as u64;
-                            // Progress was made: the retry budget starts afresh.
-                            attempt = 0;
-                            last_progress = Instant::now();
-                            if !sink(&buf[..n]) {
-                                reader.close();
-                                return Ok(total);
-                            }
-                        }
-                        Err(e) => {
-                            reader.close();
-                            break e;
-                        }
-                    }
-                },
-            };
-            attempt += 1;
-            let pause = Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(6) - 1);
-            let give_up_at = last_progress + self.pool.timeout();
-            if !failure.is_transient() || Instant::now() + pause >= give_up_at {
-                return Err(if total > 0 {
-                    RemoteError::Partial { delivered: total, cause: Box::new(failure) }
-                } else {
-                    failure
-                });
-            }
-            log::info!("transfer of {path:?} broke at {}: {failure}; resuming", offset + total);
-            Stats::add(&self.stats.retries, 1);
-            std::thread::sleep(pause);
-        }
     }
 }
 

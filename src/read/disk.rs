@@ -1,23 +1,38 @@
-//! Persistent on-disk block cache.
+//! The persistent block cache on local disk.
 //!
-//! Every block of every remote file version lives in its own file:
-//! `<dir>/v1/<hex(key)[0..2]>/<hex(key)>/<index:010>.blk`. A block file is a fixed 64-byte binary header
-//! followed by the data. The header names the block (file key and index) and carries checksums, so a block is
-//! served only if it is exactly the one asked for: a torn write, a bit flip, a truncated file or a file copied
-//! over another is detected on read, deleted and reported as a miss.
+//! Each block of each remote file version lives in its own file:
+//! `<dir>/v2/<hex(key)[0..2]>/<hex(key)>/<index:010>.blk`. A block file may hold the whole
+//! block or only parts of it (a random read fetches a few KiB, not the block): a fixed
+//! header, a table of extents (start, length, checksum), then the extents' bytes.
 //!
-//! The in-memory LRU index is a hint, not the truth: the disk is. Another mount may share the directory and
-//! delete or add blocks behind our back, so `get` always validates what it reads, treats a vanished file as a
-//! miss and adopts a valid file the index did not know.
+//! Why partial blocks and not a finer granule: the header of a FITS extension or 4 KiB at a
+//! random offset is a few KiB of a 1 MiB block; caching only what was fetched keeps random
+//! reads small on the link, while whole-file copies still write one file per MiB (a 64 KiB
+//! granule would mean 16 times more files, inodes and index entries for the same bytes).
 //!
-//! Locking: one mutex guards the index. It is held only to update the index; file I/O (reads, writes, renames,
-//! unlinks) happens outside it. A reader racing an eviction either opened the file before the unlink (and reads
-//! the complete old file through its descriptor) or after it (and sees a miss).
+//! Format 2 (format 1 held whole blocks only; its directory `v1` is removed at open):
+//! header `magic 8 | version 4 | key 32 | index 8 | block length 4 | extent count 2 | 0 2 |
+//! crc32(extent table) 4 | crc32(header bytes 0..64) 4`, then per extent `start 4 | length 4 |
+//! crc32(bytes) 4`, then the bytes of each extent in order. A block is served only if every
+//! check holds (magic, version, the file key and index it was asked for, the block length
+//! the file's size implies, extents sorted, disjoint and inside the block, the file's exact
+//! size, every checksum): a torn write, a bit flip, a truncated file or a file copied over
+//! another is detected, deleted and reported as a miss, never returned.
+//!
+//! The in-memory LRU index is a hint, not the truth: the disk is. Another mount may share the
+//! directory and delete or add blocks behind our back, so a load always validates what it
+//! reads, treats a vanished file as a miss and adopts a valid file the index did not know.
+//!
+//! Threads: FUSE threads load blocks, the cache writer thread stores them, fetch threads ask
+//! `probe`. Locking: one mutex guards the index, held only to update it; file I/O (reads,
+//! writes, renames, unlinks) happens outside it. A reader racing an eviction either opened
+//! the file before the unlink (and reads the complete old file through its descriptor) or
+//! after it (and sees a miss).
 
 use parking_lot::{Mutex, MutexGuard};
-use std::fs::{self, DirBuilder, File, FileTimes, OpenOptions};
+use std::fs::{self, DirBuilder, File, FileTimes};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -25,53 +40,44 @@ use std::time::{Duration, SystemTime};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 
-/// Size of one cached block; the last block of a file is shorter.
-///
-/// Why 1 MiB:
-/// - A FITS header is a few 2880-byte records (rarely more than some tens of KiB), so reading the header of a
-///   multi-GB file fetches block 0, or blocks 0 and 1 when the header straddles the boundary: at most 2 MiB.
-///   2880 does not divide 2^20 and need not; a record across a boundary is served from two blocks.
-/// - The kernel hands FUSE reads of at most 128 KiB (its readahead window), so one block answers 8 consecutive
-///   reads. Every remote fetch pays REST + RETR round trips and a new TLS data connection; bigger blocks
-///   amortise that, smaller ones would multiply it.
-/// - Every block costs a file (inode, directory entry, a 64-byte header) and an entry in the index that `open`
-///   rebuilds with readdir + stat; at 1 MiB a 100 GiB cache is about 100 000 files, at 64 KiB it would be 1.6 M.
-pub const BLOCK_SIZE: u64 = 1 << 20;
+use super::BLOCK_SIZE;
+use super::block::RangeSet;
 
 /// Version of the `FileId::key` encoding. Changing it orphans all existing blocks (they age out by LRU).
 const KEY_FORMAT_VERSION: u32 = 1;
 /// Name of the layout directory under the cache dir; bump together with `BLOCK_FORMAT_VERSION`.
-const LAYOUT_DIR: &str = "v1";
-const BLOCK_FORMAT_VERSION: u32 = 1;
+const LAYOUT_DIR: &str = "v2";
+/// Layouts of earlier formats, removed at open: nothing can read them any more.
+const OLD_LAYOUT_DIRS: [&str; 1] = ["v1"];
+const BLOCK_FORMAT_VERSION: u32 = 2;
 const MAGIC: [u8; 8] = *b"MSTFSBLK";
-/// magic 8 | version 4 | key 32 | index 8 | data length 4 | crc32(data) 4 | crc32(header bytes 0..60) 4
-const HEADER_LEN: usize = 64;
+const HEADER_LEN: usize = 68;
+const EXTENT_LEN: usize = 12;
+/// A block fragmented into more pieces than this is not worth a table; it is not stored.
+pub(crate) const MAX_EXTENTS: usize = 64;
 const BLOCK_EXT: &str = "blk";
 const TMP_MARKER: &str = ".tmp.";
-/// A temp file older than this cannot belong to a put still in flight, even if its pid now names a live
-/// (reused) process.
+/// A temp file older than this cannot belong to a put still in flight, even if its pid now
+/// names a live (reused) process.
 const STALE_TMP_AGE: Duration = Duration::from_secs(600);
 
-/// Distinguishes temp files of concurrent puts in one process, across all `BlockCache` instances.
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Identity of one version of one remote file. A re-staged file (other size or mtime) is a different FileId,
-/// so old and new blocks can never mix.
+/// Identity of one version of one remote file. A re-staged file (other size or mtime) is a
+/// different FileId, so old and new blocks can never mix.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct FileId {
+pub(crate) struct FileId {
     /// "host:port"
-    pub server: String,
-    pub user: String,
-    pub path: String,
-    pub size: u64,
+    pub(crate) server: String,
+    pub(crate) user: String,
+    pub(crate) path: String,
+    pub(crate) size: u64,
     /// Unix seconds.
-    pub mtime: i64,
+    pub(crate) mtime: i64,
 }
 
 impl FileId {
-    /// SHA-256 over a length-prefixed encoding of every field, so that no two distinct ids (for instance user
-    /// "ab" + path "c" versus user "a" + path "bc") can encode to the same bytes.
-    pub fn key(&self) -> [u8; 32] {
+    /// SHA-256 over a length-prefixed encoding of every field, so that no two distinct ids
+    /// (for instance user "ab" + path "c" versus user "a" + path "bc") encode to the same bytes.
+    pub(crate) fn key(&self) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(b"mastfs-file-id");
         h.update(KEY_FORMAT_VERSION.to_le_bytes());
@@ -88,26 +94,27 @@ impl FileId {
 /// Counters since `open` (hits … write_errors) and the current index size (bytes_used, blocks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg(test)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    /// Block files found invalid and deleted (each also counts as a miss when found by `get`).
-    pub corrupt: u64,
-    pub evictions: u64,
-    pub write_errors: u64,
-    /// Header + data bytes of the blocks in the index.
-    pub bytes_used: u64,
-    pub blocks: u64,
+pub(crate) struct CacheStats {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    /// Block files found invalid and deleted (each also counts as a miss when found by a load).
+    pub(crate) corrupt: u64,
+    pub(crate) evictions: u64,
+    pub(crate) write_errors: u64,
+    /// Bytes of the block files in the index.
+    pub(crate) bytes_used: u64,
+    pub(crate) blocks: u64,
 }
 
 type BlockKey = ([u8; 32], u64);
 
 struct Index {
+    /// Each block file's size.
     lru: LruCache<BlockKey, u64>,
     /// Sum of the sizes in `lru`.
     used: u64,
-    /// Bytes promised to puts that are writing right now; counted against capacity so that concurrent puts
-    /// cannot together overshoot it.
+    /// Bytes promised to puts that are writing right now; counted against capacity so that
+    /// concurrent puts cannot together overshoot it.
     reserved: u64,
 }
 
@@ -141,8 +148,8 @@ impl Index {
     }
 }
 
-pub struct BlockCache {
-    /// `<dir>/v1`
+pub(crate) struct BlockCache {
+    /// `<dir>/v2`
     root: PathBuf,
     capacity: u64,
     index: Mutex<Index>,
@@ -153,13 +160,39 @@ pub struct BlockCache {
     write_errors: AtomicU64,
 }
 
+/// Length of block `index` of a file of `size` bytes, or None past the end.
+pub(crate) fn block_len(size: u64, index: u64) -> Option<u64> {
+    let start = index.checked_mul(BLOCK_SIZE)?;
+    (start < size).then(|| (size - start).min(BLOCK_SIZE))
+}
+
+/// Size of the file that holds a whole block of `len` bytes.
+fn whole_block_file_size(len: u64) -> u64 {
+    (HEADER_LEN + EXTENT_LEN) as u64 + len
+}
+
 impl BlockCache {
-    /// Opens (creating with mode 0700 if missing; fixing to 0700 if looser) `dir`, rebuilds the LRU index from the
-    /// block files on disk (oldest mtime/atime first), deletes stray temp files, and evicts down to `capacity` bytes.
-    pub fn open(dir: &Path, capacity: u64) -> io::Result<BlockCache> {
+    /// Opens (creating with mode 0700 if missing; fixing to 0700 if looser) `dir`, rebuilds
+    /// the LRU index from the block files on disk (oldest mtime/atime first), deletes stray
+    /// temp files and earlier layouts, and evicts down to `capacity` bytes.
+    pub(crate) fn open(dir: &Path, capacity: u64) -> io::Result<BlockCache> {
         make_private_dir(dir)?;
         let root = dir.join(LAYOUT_DIR);
         make_private_dir(&root)?;
+        for old in OLD_LAYOUT_DIRS {
+            let old = dir.join(old);
+            if old.is_dir() {
+                // Possibly gigabytes of files: not worth delaying the mount for.
+                let spawned = std::thread::Builder::new().name("mastfs-cache-cleanup".into()).spawn(move || {
+                    if let Err(e) = fs::remove_dir_all(&old) {
+                        log::warn!("cache: cannot remove the old layout {}: {e}", old.display());
+                    }
+                });
+                if let Err(e) = spawned {
+                    log::warn!("cache: old layout left in place: {e}");
+                }
+            }
+        }
 
         let mut found = scan(&root)?;
         // Oldest first, so that pushing in order leaves the most recently used at the front of the LRU.
@@ -185,26 +218,39 @@ impl BlockCache {
         Ok(cache)
     }
 
-    /// Returns the block's bytes if present and valid. Verifies the header (magic, format version, file key, index,
-    /// length, crc32 of the data, crc of the header); a bad, truncated or mismatched file is deleted and counted as
-    /// corrupt + miss — never returned. The expected length is derived from FileId.size and the index (last block is short).
-    pub fn get(&self, id: &FileId, index: u64) -> Option<Vec<u8>> {
-        let Some(expected) = block_len(id.size, index) else {
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether the index knows this block, and whether it is whole (judged from the file's
+    /// size: no disk I/O, no LRU promotion). A true answer can still turn into a miss if
+    /// another mount deleted the file.
+    pub(crate) fn probe(&self, id: &FileId, index: u64) -> Option<bool> {
+        let len = block_len(id.size, index)?;
+        let size = *self.lock().lru.peek(&(id.key(), index))?;
+        Some(size == whole_block_file_size(len))
+    }
+
+    /// Reads the block's stored extents into `buf` (the block's bytes, `block_len` long) and
+    /// returns which ranges it filled. A bad, truncated or mismatched file is deleted and
+    /// counted as corrupt + miss; a missing one is a miss. On a miss `buf` may hold garbage,
+    /// which the caller never reads (nothing is reported filled).
+    pub(crate) fn load_into(&self, id: &FileId, index: u64, buf: &mut [u8]) -> Option<RangeSet> {
+        let Some(expected) = block_len(id.size, index).filter(|&l| l == buf.len() as u64) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
         let key = id.key();
         let bk = (key, index);
         let path = self.block_path(&key, index);
-        match read_block(&path, &key, index, expected) {
-            ReadOutcome::Valid(data, file) => {
+        match read_block(&path, &key, index, expected, buf) {
+            ReadOutcome::Valid(ranges, size, file) => {
                 // Recency survives a remount through atime (relatime would update it only daily). The
                 // descriptor is read-only, which futimens allows for the owner; failure only costs LRU precision.
                 let _ = file.set_times(FileTimes::new().set_accessed(SystemTime::now()));
-                let size = (HEADER_LEN as u64).saturating_add(expected);
                 let victims = {
                     let mut ix = self.lock();
-                    if ix.lru.get(&bk).is_some() {
+                    if ix.lru.get(&bk) == Some(&size) {
                         Vec::new()
                     } else {
                         // Written by another mount or before a concurrent eviction raced us: adopt it.
@@ -214,7 +260,7 @@ impl BlockCache {
                 };
                 self.remove_victims(victims);
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(data)
+                Some(ranges)
             }
             ReadOutcome::Missing => {
                 self.lock().remove(&bk);
@@ -238,28 +284,30 @@ impl BlockCache {
         }
     }
 
-    /// Stores a block atomically: write to a temp file (0600) in the same directory, fsync is NOT needed (a torn write is
-    /// caught by the checksum), then rename. Evicts least-recently-used blocks first so usage stays ≤ capacity.
-    /// Errors (disk full, read-only dir) are returned so the caller can warn and carry on uncached; they must leave
-    /// no partial files behind.
-    ///
-    /// `data` must be exactly the block's length as implied by `id.size` (a short read from a file that changed
-    /// on the server is refused with `InvalidInput`, so it can never be cached as if complete). A block larger
-    /// than the whole capacity is silently not stored.
-    pub fn put(&self, id: &FileId, index: u64, data: &[u8]) -> Result<(), io::Error> {
-        let expected = block_len(id.size, index).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("block {index} is beyond the end of a {}-byte file", id.size),
-            )
-        })?;
-        if data.len() as u64 != expected {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("block {index} must be {expected} bytes, got {}", data.len()),
-            ));
+    /// Stores a block, whole or in parts: `extents` are (offset in the block, bytes), sorted,
+    /// disjoint, non-empty and inside the block's length as `id.size` implies. Atomic: a temp
+    /// file (0600) in the same directory, renamed over the old one (no fsync: a torn write is
+    /// caught by the checksums). Evicts least-recently-used blocks first so usage stays ≤
+    /// capacity. Errors (disk full, read-only dir) are returned so the caller can warn and
+    /// carry on uncached; they leave no partial files behind. A block larger than the whole
+    /// capacity is silently not stored.
+    pub(crate) fn put(&self, id: &FileId, index: u64, extents: &[(usize, &[u8])]) -> io::Result<()> {
+        let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+        let len = block_len(id.size, index)
+            .ok_or_else(|| invalid(format!("block {index} is beyond the end of a {}-byte file", id.size)))?;
+        if extents.is_empty() || extents.len() > MAX_EXTENTS {
+            return Err(invalid(format!("{} extents; 1 to {MAX_EXTENTS} can be stored", extents.len())));
         }
-        let size = (HEADER_LEN as u64).saturating_add(expected);
+        let mut at = 0u64;
+        for (start, bytes) in extents {
+            let (start, end) = (*start as u64, *start as u64 + bytes.len() as u64);
+            if bytes.is_empty() || start < at || end > len {
+                return Err(invalid(format!("extent {start}..{end} of block {index} ({len} bytes) is out of order")));
+            }
+            at = end;
+        }
+        let data_len: u64 = extents.iter().map(|(_, b)| b.len() as u64).sum();
+        let size = (HEADER_LEN + EXTENT_LEN * extents.len()) as u64 + data_len;
         if size > self.capacity {
             return Ok(());
         }
@@ -273,7 +321,7 @@ impl BlockCache {
         };
         self.remove_victims(victims);
 
-        let result = self.write_block(&key, index, data);
+        let result = self.write_block(&key, index, len, extents);
 
         let victims = {
             let mut ix = self.lock();
@@ -290,14 +338,8 @@ impl BlockCache {
         result
     }
 
-    /// Whether the index knows this block (no disk I/O, no LRU promotion). A true answer can still turn
-    /// into a miss if another mount deleted the file.
-    pub fn contains(&self, id: &FileId, index: u64) -> bool {
-        self.lock().lru.contains(&(id.key(), index))
-    }
-
     #[cfg(test)]
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         let (bytes_used, blocks) = {
             let ix = self.lock();
             (ix.used, ix.lru.len() as u64)
@@ -314,12 +356,11 @@ impl BlockCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, Index> {
-        // Nothing panics while holding the lock, and the index stays consistent if something did.
         self.index.lock()
     }
 
     fn file_dir(&self, key: &[u8; 32]) -> PathBuf {
-        let hex = hex(key);
+        let hex = hex::encode(key);
         self.root.join(&hex[..2]).join(&hex)
     }
 
@@ -340,22 +381,36 @@ impl BlockCache {
         }
     }
 
-    fn write_block(&self, key: &[u8; 32], index: u64, data: &[u8]) -> io::Result<()> {
+    fn write_block(&self, key: &[u8; 32], index: u64, len: u64, extents: &[(usize, &[u8])]) -> io::Result<()> {
         let dir = self.file_dir(key);
         let path = self.block_path(key, index);
-        let tmp = dir.join(format!(
-            "{index:010}{TMP_MARKER}{}.{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut buf = Vec::with_capacity(HEADER_LEN + data.len());
-        buf.extend_from_slice(&encode_header(key, index, data));
-        buf.extend_from_slice(data);
-
-        let written = create_tmp(&dir, &tmp).and_then(|mut f| f.write_all(&buf));
-        let result = written.and_then(|()| fs::rename(&tmp, &path));
+        let mut head = Vec::with_capacity(HEADER_LEN + EXTENT_LEN * extents.len());
+        head.extend_from_slice(&encode_header(key, index, len, extents));
+        for (start, bytes) in extents {
+            head.extend_from_slice(&encode_extent(*start, bytes));
+        }
+        // The pid in the name tells a later open whether the writer may still be alive; the
+        // temp file is deleted by its own drop if anything below fails.
+        let prefix = format!("{index:010}{TMP_MARKER}{}.", std::process::id());
+        let create = || tempfile::Builder::new().prefix(&prefix).tempfile_in(&dir);
+        let result = match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // First block of this file, or the directory was just removed as empty by a
+                // failed put or by another mount's open; create it and try once more.
+                DirBuilder::new().recursive(true).mode(0o700).create(&dir).and_then(|()| create())
+            }
+            other => other,
+        }
+        .and_then(|mut tmp| {
+            // Through the plain file: its errors keep their OS error code (ENOSPC, EROFS).
+            let file = tmp.as_file_mut();
+            file.write_all(&head)?;
+            for (_, bytes) in extents {
+                file.write_all(bytes)?;
+            }
+            tmp.persist(&path).map(drop).map_err(|e| e.error)
+        });
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
             // Leave no empty directories behind either; rmdir refuses (harmlessly) if anything is in them.
             let _ = fs::remove_dir(&dir);
             if let Some(parent) = dir.parent() {
@@ -363,25 +418,6 @@ impl BlockCache {
             }
         }
         result
-    }
-}
-
-/// Length of block `index` of a file of `size` bytes, or None past the end.
-fn block_len(size: u64, index: u64) -> Option<u64> {
-    let start = index.checked_mul(BLOCK_SIZE)?;
-    (start < size).then(|| (size - start).min(BLOCK_SIZE))
-}
-
-fn create_tmp(dir: &Path, tmp: &Path) -> io::Result<File> {
-    let open = || OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp);
-    match open() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // First block of this file, or the directory was just removed as empty by a failed put or by
-            // another mount's open; create it and try once more.
-            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-            open()
-        }
-        other => other,
     }
 }
 
@@ -398,18 +434,31 @@ fn make_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn encode_header(key: &[u8; 32], index: u64, data: &[u8]) -> [u8; HEADER_LEN] {
+fn encode_header(key: &[u8; 32], index: u64, len: u64, extents: &[(usize, &[u8])]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&BLOCK_FORMAT_VERSION.to_le_bytes());
     h[12..44].copy_from_slice(key);
     h[44..52].copy_from_slice(&index.to_le_bytes());
-    // Blocks are at most BLOCK_SIZE (1 MiB), which fits u32.
-    h[52..56].copy_from_slice(&(data.len() as u32).to_le_bytes());
-    h[56..60].copy_from_slice(&crc32fast::hash(data).to_le_bytes());
-    let hcrc = crc32fast::hash(&h[0..60]);
-    h[60..64].copy_from_slice(&hcrc.to_le_bytes());
+    // Blocks are at most BLOCK_SIZE (1 MiB) and extents at most MAX_EXTENTS: both fit.
+    h[52..56].copy_from_slice(&(len as u32).to_le_bytes());
+    h[56..58].copy_from_slice(&(extents.len() as u16).to_le_bytes());
+    let mut table = crc32fast::Hasher::new();
+    for (start, bytes) in extents {
+        table.update(&encode_extent(*start, bytes));
+    }
+    h[60..64].copy_from_slice(&table.finalize().to_le_bytes());
+    let hcrc = crc32fast::hash(&h[0..64]);
+    h[64..68].copy_from_slice(&hcrc.to_le_bytes());
     h
+}
+
+fn encode_extent(start: usize, bytes: &[u8]) -> [u8; EXTENT_LEN] {
+    let mut e = [0u8; EXTENT_LEN];
+    e[0..4].copy_from_slice(&(start as u32).to_le_bytes());
+    e[4..8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    e[8..12].copy_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+    e
 }
 
 fn le_u32(b: &[u8]) -> u32 {
@@ -424,9 +473,9 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Checks everything in the header except the data crc; returns that crc.
-fn check_header(h: &[u8; HEADER_LEN], key: &[u8; 32], index: u64, expected: u64) -> Result<u32, String> {
-    if le_u32(&h[60..64]) != crc32fast::hash(&h[0..60]) {
+/// Checks the header against the block asked for; returns the extent count and table crc.
+fn check_header(h: &[u8; HEADER_LEN], key: &[u8; 32], index: u64, expected: u64) -> Result<(usize, u32), String> {
+    if le_u32(&h[64..68]) != crc32fast::hash(&h[0..64]) {
         return Err("header checksum mismatch".into());
     }
     if h[0..8] != MAGIC {
@@ -447,53 +496,83 @@ fn check_header(h: &[u8; HEADER_LEN], key: &[u8; 32], index: u64, expected: u64)
     if len != expected {
         return Err(format!("header says {len} bytes, expected {expected}"));
     }
-    Ok(le_u32(&h[56..60]))
+    let count = usize::from(u16::from_le_bytes([h[56], h[57]]));
+    if count == 0 || count > MAX_EXTENTS {
+        return Err(format!("{count} extents"));
+    }
+    Ok((count, le_u32(&h[60..64])))
+}
+
+/// Parses and checks the extent table: (start, length, crc) per extent.
+fn check_table(table: &[u8], crc: u32, block_len: u64) -> Result<Vec<(usize, usize, u32)>, String> {
+    if crc32fast::hash(table) != crc {
+        return Err("extent table checksum mismatch".into());
+    }
+    let mut extents = Vec::with_capacity(table.len() / EXTENT_LEN);
+    let mut at = 0u64;
+    for e in table.chunks_exact(EXTENT_LEN) {
+        let (start, len) = (u64::from(le_u32(&e[0..4])), u64::from(le_u32(&e[4..8])));
+        if len == 0 || start < at || start + len > block_len {
+            return Err(format!("extent {start}+{len} out of order or outside the block"));
+        }
+        at = start + len;
+        extents.push((start as usize, len as usize, le_u32(&e[8..12])));
+    }
+    Ok(extents)
 }
 
 enum ReadOutcome {
-    Valid(Vec<u8>, File),
+    /// The ranges filled, the file's size, the open file.
+    Valid(RangeSet, u64, File),
     Missing,
     Unreadable(io::Error),
     Corrupt(String, File),
 }
 
-fn read_block(path: &Path, key: &[u8; 32], index: u64, expected: u64) -> ReadOutcome {
+fn read_block(path: &Path, key: &[u8; 32], index: u64, expected: u64, buf: &mut [u8]) -> ReadOutcome {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return ReadOutcome::Missing,
         Err(e) => return ReadOutcome::Unreadable(e),
     };
-    let len = match file.metadata() {
+    let size = match file.metadata() {
         Ok(m) => m.len(),
         Err(e) => return ReadOutcome::Unreadable(e),
     };
-    let want = (HEADER_LEN as u64).saturating_add(expected);
-    if len != want {
-        return ReadOutcome::Corrupt(format!("file is {len} bytes, expected {want}"), file);
-    }
     let mut header = [0u8; HEADER_LEN];
     if let Err(e) = file.read_exact(&mut header) {
         return ReadOutcome::Corrupt(format!("reading header: {e}"), file);
     }
-    let data_crc = match check_header(&header, key, index, expected) {
+    let (count, table_crc) = match check_header(&header, key, index, expected) {
         Ok(c) => c,
         Err(why) => return ReadOutcome::Corrupt(why, file),
     };
-    let Ok(n) = usize::try_from(expected) else {
-        return ReadOutcome::Corrupt("length does not fit memory".into(), file);
+    let mut table = vec![0u8; count * EXTENT_LEN];
+    if let Err(e) = file.read_exact(&mut table) {
+        return ReadOutcome::Corrupt(format!("reading the extent table: {e}"), file);
+    }
+    let extents = match check_table(&table, table_crc, expected) {
+        Ok(x) => x,
+        Err(why) => return ReadOutcome::Corrupt(why, file),
     };
-    let mut data = vec![0u8; n];
-    if let Err(e) = file.read_exact(&mut data) {
-        return ReadOutcome::Corrupt(format!("reading data: {e}"), file);
+    let want = (HEADER_LEN + table.len() + extents.iter().map(|e| e.1).sum::<usize>()) as u64;
+    if size != want {
+        return ReadOutcome::Corrupt(format!("file is {size} bytes, expected {want}"), file);
     }
-    if crc32fast::hash(&data) != data_crc {
-        return ReadOutcome::Corrupt("data checksum mismatch".into(), file);
+    for &(start, len, crc) in &extents {
+        let bytes = &mut buf[start..start + len];
+        if let Err(e) = file.read_exact(bytes) {
+            return ReadOutcome::Corrupt(format!("reading data: {e}"), file);
+        }
+        if crc32fast::hash(bytes) != crc {
+            return ReadOutcome::Corrupt(format!("data checksum mismatch in {start}+{len}"), file);
+        }
     }
-    ReadOutcome::Valid(data, file)
+    ReadOutcome::Valid(RangeSet::from_ranges(extents.iter().map(|&(s, l, _)| s..s + l)), size, file)
 }
 
-/// Deletes `path` only if it is still the file we judged bad: a concurrent put may have renamed a fresh,
-/// valid block over it since we opened it.
+/// Deletes `path` only if it is still the file we judged bad: a concurrent put may have
+/// renamed a fresh, valid block over it since we opened it.
 fn remove_if_same_file(path: &Path, file: &File) {
     let (Ok(ours), Ok(now)) = (file.metadata(), fs::symlink_metadata(path)) else {
         return;
@@ -503,31 +582,11 @@ fn remove_if_same_file(path: &Path, file: &File) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
-
+/// A directory name that is the lowercase hex of a key.
 fn unhex_key(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
     let mut key = [0u8; 32];
-    for (i, out) in key.iter_mut().enumerate() {
-        *out = (nibble(b[2 * i])? << 4) | nibble(b[2 * i + 1])?;
-    }
-    Some(key)
+    hex::decode_to_slice(s, &mut key).ok()?;
+    (hex::encode(key) == s).then_some(key)
 }
 
 struct Found {
@@ -536,8 +595,9 @@ struct Found {
     last_use: SystemTime,
 }
 
-/// Lists the block files under `root` using readdir + metadata only, deleting stray temp files, block files
-/// whose size no block can have, and empty per-file directories. Entries that are not ours are left alone.
+/// Lists the block files under `root` using readdir + metadata only, deleting stray temp
+/// files, block files whose size no block can have, and empty per-file directories. Entries
+/// that are not ours are left alone.
 fn scan(root: &Path) -> io::Result<Vec<Found>> {
     let mut found = Vec::new();
     for shard in fs::read_dir(root)? {
@@ -575,6 +635,7 @@ fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
+    let largest = (HEADER_LEN + EXTENT_LEN * MAX_EXTENTS) as u64 + BLOCK_SIZE;
     for entry in entries {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();
@@ -598,7 +659,7 @@ fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) {
             continue;
         };
         let size = meta.len();
-        if size <= HEADER_LEN as u64 || size > HEADER_LEN as u64 + BLOCK_SIZE {
+        if size <= (HEADER_LEN + EXTENT_LEN) as u64 || size > largest {
             let _ = fs::remove_file(entry.path());
             continue;
         }
@@ -608,8 +669,9 @@ fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) {
     }
 }
 
-/// `owner` is the `<pid>.<counter>` suffix of a temp file name. A temp file is stale when its writer is gone;
-/// a live writer may be another mount sharing this directory, whose put we must not break.
+/// `owner` is what follows the temp marker in a temp file name: `<pid>.<random>`. A temp
+/// file is stale when its writer is gone; a live writer may be another mount sharing this
+/// directory, whose put we must not break.
 fn tmp_is_stale(owner: &str, meta: &fs::Metadata) -> bool {
     let old = meta
         .modified()
@@ -636,9 +698,25 @@ fn process_alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
     use std::sync::Arc;
 
-    const H: u64 = HEADER_LEN as u64;
+    /// Overhead of a block file holding a whole block.
+    const H: u64 = (HEADER_LEN + EXTENT_LEN) as u64;
+
+    impl BlockCache {
+        /// The whole block, if the cache holds all of it.
+        fn get(&self, id: &FileId, index: u64) -> Option<Vec<u8>> {
+            let len = block_len(id.size, index)? as usize;
+            let mut buf = vec![0u8; len];
+            let ranges = self.load_into(id, index, &mut buf)?;
+            ranges.covers(&(0..len)).then_some(buf)
+        }
+
+        fn contains(&self, id: &FileId, index: u64) -> bool {
+            self.probe(id, index).is_some()
+        }
+    }
 
     fn id(path: &str, size: u64) -> FileId {
         FileId {
@@ -658,7 +736,7 @@ mod tests {
     }
 
     fn put(cache: &BlockCache, id: &FileId, index: u64) {
-        cache.put(id, index, &content(id, index)).expect("put succeeds");
+        cache.put(id, index, &[(0, &content(id, index))]).expect("put succeeds");
     }
 
     fn block_files(dir: &Path) -> Vec<PathBuf> {
@@ -734,16 +812,87 @@ mod tests {
     }
 
     #[test]
-    fn put_refuses_data_of_the_wrong_length_or_past_the_end() {
+    fn put_refuses_extents_out_of_order_outside_the_block_or_past_the_end() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
         let f = id("/a.fits", 5000);
-        let short = cache.put(&f, 0, &[0u8; 4000]).expect_err("short block");
-        assert_eq!(short.kind(), io::ErrorKind::InvalidInput);
-        let beyond = cache.put(&f, 1, &[0u8; 10]).expect_err("past end");
+        let bad: [&[(usize, &[u8])]; 5] = [
+            &[],
+            &[(4000, &[0u8; 1001])],
+            &[(100, &[0u8; 10]), (50, &[0u8; 10])],
+            &[(100, &[0u8; 10]), (105, &[0u8; 10])],
+            &[(10, &[])],
+        ];
+        for extents in bad {
+            let err = cache.put(&f, 0, extents).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{extents:?}");
+        }
+        let beyond = cache.put(&f, 1, &[(0, &[0u8; 10])]).expect_err("past end");
         assert_eq!(beyond.kind(), io::ErrorKind::InvalidInput);
         assert!(block_files(dir.path()).is_empty());
         assert_eq!(cache.get(&f, 0), None);
+    }
+
+    #[test]
+    fn a_partial_block_keeps_its_extents_and_is_not_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = id("/p.fits", 3 * BLOCK_SIZE);
+        let whole = content(&f, 1);
+        let (a, b) = (&whole[100..4196], &whole[700_000..702_880]);
+        {
+            let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+            cache.put(&f, 1, &[(100, a), (700_000, b)]).expect("partial put");
+            assert_eq!(cache.probe(&f, 1), Some(false), "known, not whole");
+            assert_eq!(cache.get(&f, 1), None, "not served as a whole block");
+        }
+        // Across a reopen, as another mount would find it.
+        let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("reopen");
+        assert_eq!(cache.probe(&f, 1), Some(false));
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        let ranges = cache.load_into(&f, 1, &mut buf).expect("partial block");
+        assert_eq!(ranges.ranges(), &[100..4196, 700_000..702_880]);
+        assert_eq!(&buf[100..4196], a);
+        assert_eq!(&buf[700_000..702_880], b);
+        // Completed later: now whole.
+        put(&cache, &f, 1);
+        assert_eq!(cache.probe(&f, 1), Some(true));
+        assert_eq!(cache.get(&f, 1), Some(whole));
+    }
+
+    #[test]
+    fn a_corrupt_extent_of_a_partial_block_is_a_miss_and_the_file_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+        let f = id("/p.fits", 3 * BLOCK_SIZE);
+        let whole = content(&f, 0);
+        cache.put(&f, 0, &[(0, &whole[..4096]), (8192, &whole[8192..12288])]).expect("partial put");
+        let path = cache.block_path(&f.key(), 0);
+        for (what, at) in
+            [("table", HEADER_LEN + EXTENT_LEN + 2), ("second extent", HEADER_LEN + 2 * EXTENT_LEN + 4096 + 7)]
+        {
+            let mut bytes = fs::read(&path).expect("block file");
+            bytes[at] ^= 0x20;
+            fs::write(&path, &bytes).expect("rewrite");
+            let mut buf = vec![0u8; BLOCK_SIZE as usize];
+            assert_eq!(cache.load_into(&f, 0, &mut buf), None, "{what}");
+            assert!(!path.exists(), "{what}: deleted");
+            cache.put(&f, 0, &[(0, &whole[..4096]), (8192, &whole[8192..12288])]).expect("again");
+        }
+        assert_eq!(cache.stats().corrupt, 2);
+    }
+
+    #[test]
+    fn the_format_1_layout_is_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("v1/ab/abcd");
+        fs::create_dir_all(&old).expect("old layout");
+        fs::write(old.join("0000000000.blk"), b"format 1 block").expect("old block");
+        let _cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while dir.path().join("v1").exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!dir.path().join("v1").exists());
     }
 
     #[test]
@@ -815,7 +964,7 @@ mod tests {
         put(&cache, &f, 0);
         let path = cache.block_path(&f.key(), 0);
         let mut bytes = fs::read(&path).expect("block file");
-        bytes[HEADER_LEN + 1234] ^= 0x01;
+        bytes[H as usize + 1234] ^= 0x01;
         fs::write(&path, &bytes).expect("rewrite");
 
         assert_eq!(cache.get(&f, 0), None);
@@ -1035,7 +1184,7 @@ mod tests {
         fs::remove_dir(&cache.root).expect("rmdir v1");
         fs::write(&cache.root, b"not a directory").expect("file");
         let f = id("/a", 1000);
-        assert!(cache.put(&f, 0, &content(&f, 0)).is_err());
+        assert!(cache.put(&f, 0, &[(0, &content(&f, 0))]).is_err());
         let s = cache.stats();
         assert_eq!((s.write_errors, s.blocks, s.bytes_used), (1, 0, 0));
         assert_eq!(block_files(dir.path()), vec![cache.root.clone()]);
@@ -1086,7 +1235,7 @@ mod tests {
         let small = id("/small", 1000);
         put(&cache, &small, 0);
         let big = id("/big", 3 * BLOCK_SIZE);
-        let err = cache.put(&big, 0, &content(&big, 0)).expect_err("1 MiB block cannot fit in 256 KiB");
+        let err = cache.put(&big, 0, &[(0, &content(&big, 0))]).expect_err("1 MiB block cannot fit in 256 KiB");
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
         let s = cache.stats();
         assert_eq!((s.write_errors, s.blocks), (1, 1));
@@ -1106,7 +1255,7 @@ mod tests {
         let g = id("/b", 5000);
         put(&cache, &f, 0);
         assert!(fs_.remount("remount,ro"), "remount read-only");
-        let err = cache.put(&g, 0, &content(&g, 0)).expect_err("read-only");
+        let err = cache.put(&g, 0, &[(0, &content(&g, 0))]).expect_err("read-only");
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));
         assert_eq!(cache.get(&f, 0), Some(content(&f, 0)));
         assert_eq!(cache.stats().write_errors, 1);
@@ -1133,7 +1282,7 @@ mod tests {
                     for step in 0..150u64 {
                         let (f, index) = &blocks[((t * 7 + step * 5) % blocks.len() as u64) as usize];
                         if (t + step) % 3 == 0 {
-                            cache.put(f, *index, &content(f, *index)).expect("put");
+                            cache.put(f, *index, &[(0, &content(f, *index))]).expect("put");
                         } else if let Some(data) = cache.get(f, *index) {
                             assert!(data == content(f, *index), "wrong bytes for {f:?} #{index}");
                             hits += 1;

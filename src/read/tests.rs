@@ -1,0 +1,582 @@
+//! The read path against the fake remote: what crosses the "link", when reads return, how
+//! transfers start and end, and what happens when the remote misbehaves.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::error::RemoteError;
+use crate::fake::{FakeRemote, Transfer, pattern};
+use crate::remote::Intent;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1 << 20;
+
+fn read_path(remote: &FakeRemote, disk: Option<BlockCache>, config: ReadConfig) -> (Arc<ReadPath>, Arc<Stats>) {
+    let stats = Arc::new(Stats::default());
+    let r: Arc<dyn Remote> = Arc::new(remote.clone());
+    (ReadPath::new(r, disk, config, Arc::clone(&stats)), stats)
+}
+
+fn config() -> ReadConfig {
+    ReadConfig { memory_blocks: 64, timeout: Duration::from_secs(5) }
+}
+
+/// The identity a listing of `path` gives the file now.
+fn id(remote: &FakeRemote, path: &str) -> FileId {
+    let v = remote.version(path).expect("file exists");
+    FileId { server: "fake:21".into(), user: "anonymous".into(), path: path.into(), size: v.size, mtime: v.mtime }
+}
+
+fn stat(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::SeqCst)
+}
+
+/// Reads the whole file as the kernel does for `cat`: 1 MiB requests, two at a time in
+/// flight and answered in either order.
+fn read_all(rp: &ReadPath, f: &OpenFile, size: u64) -> Vec<u8> {
+    let mut out = vec![0u8; size as usize];
+    let mut off = 0;
+    while off < size {
+        let second = (off + MIB).min(size);
+        std::thread::scope(|s| {
+            let a = s.spawn(|| rp.read(f, off, MIB as u32).expect("read"));
+            let b = s.spawn(|| rp.read(f, second, MIB as u32).expect("read"));
+            let (a, b) = (a.join().expect("reader"), b.join().expect("reader"));
+            out[off as usize..off as usize + a.len()].copy_from_slice(&a);
+            out[second as usize..second as usize + b.len()].copy_from_slice(&b);
+        });
+        off = (second + MIB).min(size);
+    }
+    out
+}
+
+/// Waits (bounded) until the fake has no transfer open.
+fn until_quiet(remote: &FakeRemote) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while remote.live() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(remote.live(), 0, "transfers still open: {:?}", remote.transfers());
+}
+
+/// Runs `f` on a thread and fails the test if it has not returned after `limit`: a read that
+/// hangs is a failure, never a stuck test.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("still running: a hang")
+}
+
+#[test]
+fn a_random_read_fetches_only_its_own_bytes_with_one_peek() {
+    let data = pattern((64 * MIB) as usize, 7);
+    let remote = FakeRemote::with_file("/big", data.clone());
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/big"));
+    let off = 40 * MIB + 12 * KIB;
+    let got = rp.read(&f, off, 4096).expect("read");
+    assert_eq!(&got[..], &data[off as usize..off as usize + 4096]);
+    until_quiet(&remote);
+    let t = remote.transfers();
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!((t[0].offset, t[0].intent, t[0].delivered), (off, Intent::Peek { len: 4096 }, 4096));
+    assert_eq!(remote.bytes(), 4096, "4 KiB crossed the link, not a block");
+    assert_eq!((stat(&stats.stripes), stat(&stats.cancelled)), (0, 0));
+}
+
+#[test]
+fn a_read_returns_when_its_bytes_arrive_while_the_rest_is_still_arriving() {
+    let data = pattern((8 * MIB) as usize, 8);
+    let remote = FakeRemote::with_file("/f", data.clone());
+    // 1 MiB/s: the 1 MiB the first reader asked for takes a second to arrive.
+    remote.faults().rate.store(MIB, Ordering::SeqCst);
+    let (rp, _) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/f"));
+    std::thread::scope(|s| {
+        let big = s.spawn(|| rp.read(&f, 0, MIB as u32).expect("big read"));
+        // The small read of the first 4 KiB waits on the same transfer.
+        while remote.opens() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let small = rp.read(&f, 0, 4096).expect("small read");
+        let arrived = remote.bytes();
+        assert_eq!(&small[..], &data[..4096]);
+        assert!(arrived < MIB / 2, "the small read waited for {arrived} bytes, not for its own 4 KiB");
+        assert!(big.join().expect("reader").len() == MIB as usize);
+    });
+    assert_eq!(remote.opens(), 1, "both readers shared one transfer");
+}
+
+#[test]
+fn concurrent_readers_of_one_range_share_one_fetch() {
+    let data = pattern((2 * MIB) as usize, 3);
+    let remote = FakeRemote::with_file("/f", data.clone());
+    remote.faults().open_delay_us.store(20_000, Ordering::SeqCst);
+    let (rp, _) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/f"));
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            let (rp, f, data) = (&rp, &f, &data);
+            scope.spawn(move || {
+                assert_eq!(&rp.read(f, 5000, 3000).expect("read")[..], &data[5000..8000]);
+            });
+        }
+    });
+    assert_eq!(remote.opens(), 1);
+    assert_eq!(remote.bytes(), 3000);
+}
+
+#[test]
+fn the_kernels_first_read_ahead_of_a_file_is_one_transfer() {
+    let data = pattern((64 * MIB) as usize, 5);
+    let remote = FakeRemote::with_file("/h.fits", data.clone());
+    remote.faults().rate.store(64 * MIB, Ordering::SeqCst);
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/h.fits"));
+    // The kernel's first requests for a read at 0: seven 128 KiB requests, a few in flight
+    // at once (less than a sequential reader's trigger).
+    std::thread::scope(|s| {
+        for i in 0..7u64 {
+            let (rp, f, data) = (&rp, &f, &data);
+            s.spawn(move || {
+                let off = i * 128 * KIB;
+                let got = rp.read(f, off, 128 * 1024).expect("read");
+                assert_eq!(&got[..], &data[off as usize..(off + 128 * KIB) as usize]);
+            });
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    until_quiet(&remote);
+    assert_eq!(remote.bytes(), 7 * 128 * KIB, "nothing beyond what was asked");
+    assert_eq!(stat(&stats.stripes), 0, "a header read is not sequential");
+    assert!(remote.opens() <= 3, "requests extend the transfer instead of opening others: {:?}", remote.transfers());
+}
+
+#[test]
+fn a_sequential_read_switches_to_stripes_fetches_every_byte_once_and_ends_only_at_stripe_ends() {
+    let size = 40 * MIB + 777;
+    let data = pattern(size as usize, 9);
+    let remote = FakeRemote::with_file("/seq", data.clone());
+    remote.set_parallelism(4);
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/seq"));
+    assert!(read_all(&rp, &f, size) == data, "bytes differ");
+    rp.release(&f);
+    until_quiet(&remote);
+    let mut t = remote.transfers();
+    t.sort_by_key(|x| x.offset);
+    assert_eq!(remote.bytes(), size, "every byte once: {t:?}");
+    assert_eq!(t.len() as u64, stat(&stats.stripes) + stat(&stats.peeks), "{t:?}");
+    assert!(stat(&stats.peeks) <= 1, "at most the first read's peek is not part of the run: {t:?}");
+    assert!(stat(&stats.stripes) >= 4, "split among the connections: {t:?}");
+    // Peeks for the first reads (two requests in flight may start two), then stripes only.
+    let runs_from = t.iter().position(|x| matches!(x.intent, Intent::Run { .. })).expect("stripes");
+    assert!(runs_from <= 2, "{t:?}");
+    assert!(t[runs_from..].iter().all(|x| matches!(x.intent, Intent::Run { .. })), "{t:?}");
+    // Early closes happen exactly where another transfer took over, and nowhere else.
+    for x in &t {
+        if let Some(at) = x.closed_early_at {
+            assert!(t.iter().any(|y| y.offset == at), "closed at {at}, where no stripe starts: {t:?}");
+        }
+        if let Intent::Run { end } = x.intent {
+            assert_eq!(x.offset + x.delivered, end, "a stripe runs to its end: {x:?}");
+        }
+    }
+    assert_eq!(t.iter().filter(|x| x.closed_early_at.is_none()).count(), 1, "one transfer ends at EOF");
+    assert_eq!(stat(&stats.cancelled), 0);
+    assert_eq!(stat(&stats.planned_ends), t.len() as u64 - 1);
+}
+
+#[test]
+fn a_reader_that_closes_early_stops_its_stripes() {
+    let size = 256 * MIB;
+    let remote = FakeRemote::with_file("/huge", pattern(size as usize, 4));
+    remote.faults().rate.store(16 * MIB, Ordering::SeqCst);
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/huge"));
+    let mut off = 0;
+    while off < 8 * MIB {
+        off += rp.read(&f, off, MIB as u32).expect("read").len() as u64;
+    }
+    rp.release(&f);
+    until_quiet(&remote);
+    assert!(stat(&stats.stripes) > 1, "the reader was sequential");
+    assert!(stat(&stats.cancelled) > 0);
+    assert!(remote.bytes() < size / 2, "stripes stopped: {} bytes fetched", remote.bytes());
+}
+
+#[test]
+fn a_reader_that_seeks_far_away_stops_its_stripes_and_peeks_at_the_new_place() {
+    let size = 256 * MIB;
+    let data = pattern(size as usize, 6);
+    let remote = FakeRemote::with_file("/huge", data.clone());
+    remote.faults().rate.store(16 * MIB, Ordering::SeqCst);
+    // A small cache: stripes reach only 8 MiB ahead, so 200 MiB is outside the run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = BlockCache::open(dir.path(), 32 * MIB).expect("cache");
+    let (rp, stats) = read_path(&remote, Some(disk), config());
+    let f = rp.open(id(&remote, "/huge"));
+    let mut off = 0;
+    while off < 4 * MIB {
+        off += rp.read(&f, off, MIB as u32).expect("read").len() as u64;
+    }
+    let far = 200 * MIB;
+    assert_eq!(&rp.read(&f, far, 4096).expect("far read")[..], &data[far as usize..far as usize + 4096]);
+    until_quiet(&remote);
+    let t = remote.transfers();
+    let at_far: Vec<&Transfer> = t.iter().filter(|x| x.offset == far).collect();
+    assert_eq!(at_far.len(), 1, "{t:?}");
+    assert_eq!(at_far[0].intent, Intent::Peek { len: 4096 });
+    assert!(t.iter().any(|x| matches!(x.intent, Intent::Run { .. })), "the reader was sequential: {t:?}");
+    assert!(stat(&stats.cancelled) > 0, "the run's stripes stopped: {t:?}");
+}
+
+#[test]
+fn a_broken_transfer_resumes_at_the_exact_byte() {
+    let data = pattern((4 * MIB) as usize, 5);
+    let remote = FakeRemote::with_file("/b", data.clone());
+    remote.faults().break_after.store(300 * KIB, Ordering::SeqCst);
+    remote.faults().break_count.store(2, Ordering::SeqCst);
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/b"));
+    let off = 100;
+    let got = rp.read(&f, off, MIB as u32).expect("read survives two breaks");
+    assert!(got[..] == data[off as usize..(off + MIB) as usize], "bytes differ");
+    until_quiet(&remote);
+    let t = remote.transfers();
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert!(t[0].broke && t[1].broke && !t[2].broke);
+    assert_eq!(t[1].offset, off + 300 * KIB, "resumed where the first broke");
+    assert_eq!(t[2].offset, off + 600 * KIB);
+    assert_eq!(stat(&stats.resumed), 2);
+    assert_eq!(remote.bytes(), MIB, "no byte fetched twice");
+}
+
+#[test]
+fn a_transfer_that_cannot_start_is_retried_a_few_times_then_fails_the_read_as_eio() {
+    let data = pattern((4 * MIB) as usize, 5);
+    let remote = FakeRemote::with_file("/b", data.clone());
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = Arc::new(rp.open(id(&remote, "/b")));
+    // Two failed opens (a reset connection): retried, and the read succeeds.
+    remote.faults().fail_opens.store(2, Ordering::SeqCst);
+    assert_eq!(&rp.read(&f, 0, 4096).expect("retried")[..], &data[..4096]);
+    assert_eq!(stat(&stats.retries), 2);
+    // Failing for good: a few tries, then the error, with its kind.
+    remote.faults().fail_opens.store(u64::MAX, Ordering::SeqCst);
+    let err = within(Duration::from_secs(30), {
+        let (rp, f) = (Arc::clone(&rp), Arc::clone(&f));
+        move || rp.read(&f, 3 * MIB, 4096)
+    })
+    .expect_err("fails");
+    assert!(matches!(err, RemoteError::Connect { .. }), "{err:?}");
+    assert_eq!(crate::error::FsError::from(err).errno(), libc::EIO);
+    remote.faults().fail_opens.store(0, Ordering::SeqCst);
+}
+
+#[test]
+fn a_refusal_reaches_every_waiter_as_unavailable() {
+    let remote = FakeRemote::with_file("/secret", pattern(5000, 1));
+    remote.faults().refuse.store(true, Ordering::SeqCst);
+    remote.faults().open_delay_us.store(30_000, Ordering::SeqCst);
+    let (rp, _) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/secret"));
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..4).map(|_| s.spawn(|| rp.read(&f, 0, 4096))).collect();
+        for r in readers {
+            let err = r.join().expect("reader").expect_err("refused");
+            assert!(matches!(err, RemoteError::Unavailable(_)), "{err:?}");
+            assert_eq!(crate::error::FsError::from(err).errno(), libc::EACCES);
+        }
+    });
+}
+
+#[test]
+fn a_stalled_server_fails_a_read_within_its_deadline() {
+    let remote = FakeRemote::with_file("/s", pattern((3 * MIB) as usize, 2));
+    let timeout = Duration::from_millis(300);
+    let (rp, stats) = read_path(&remote, None, ReadConfig { timeout, ..config() });
+    let f = rp.open(id(&remote, "/s"));
+    remote.faults().stall.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let result = within(Duration::from_secs(15), {
+        let rp = Arc::clone(&rp);
+        move || rp.read(&f, MIB, 4096)
+    });
+    let waited = started.elapsed();
+    remote.faults().stall.store(false, Ordering::SeqCst);
+    let err = result.expect_err("no bytes from a stalled server");
+    assert!(matches!(err, RemoteError::Timeout(_)), "{err:?}");
+    assert_eq!(crate::error::FsError::from(err).errno(), libc::EIO);
+    assert!(waited >= timeout, "waited the whole timeout first");
+    drop(stats);
+}
+
+#[test]
+fn a_stalled_transfer_fails_a_read_within_its_deadline_but_a_slow_one_does_not() {
+    let data = pattern((3 * MIB) as usize, 2);
+    let remote = FakeRemote::with_file("/s", data.clone());
+    let timeout = Duration::from_millis(300);
+    let (rp, _) = read_path(&remote, None, ReadConfig { timeout, ..config() });
+    let f = Arc::new(rp.open(id(&remote, "/s")));
+    // Slow but moving: 1 MiB at 1 MiB/s takes longer than the timeout, and still succeeds.
+    remote.faults().rate.store(MIB, Ordering::SeqCst);
+    let got = within(Duration::from_secs(15), {
+        let (rp, f) = (Arc::clone(&rp), Arc::clone(&f));
+        move || rp.read(&f, 0, MIB as u32)
+    });
+    assert!(got.expect("a slow transfer keeps the read alive")[..] == data[..MIB as usize]);
+}
+
+#[test]
+fn a_failing_cache_disk_degrades_to_uncached_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = BlockCache::open(dir.path(), 64 * MIB).expect("cache");
+    // The layout directory replaced by a file: every write fails (chmod does not stop root).
+    std::fs::remove_dir(dir.path().join("v2")).expect("rmdir");
+    std::fs::write(dir.path().join("v2"), b"not a directory").expect("file");
+    let size = 6 * MIB + 5;
+    let data = pattern(size as usize, 12);
+    let remote = FakeRemote::with_file("/d", data.clone());
+    let (rp, stats) = read_path(&remote, Some(disk), config());
+    let f = rp.open(id(&remote, "/d"));
+    assert!(read_all(&rp, &f, size) == data);
+    rp.writer.flush();
+    assert!(stat(&stats.cache_write_errors) > 0);
+    assert!(!rp.writer.usable(), "the cache is off for a while");
+    // Still correct afterwards, from memory or the network.
+    assert_eq!(&rp.read(&f, 3 * MIB, 4096).expect("read")[..], &data[3 * MIB as usize..3 * MIB as usize + 4096]);
+}
+
+#[test]
+fn memory_stays_bounded_whatever_the_readers_do() {
+    let size = 48 * MIB;
+    let data = pattern(size as usize, 13);
+    let remote = FakeRemote::with_file("/m", data.clone());
+    remote.set_parallelism(4);
+    let blocks = 12;
+    let (rp, _) = read_path(&remote, None, ReadConfig { memory_blocks: blocks, ..config() });
+    let f = rp.open(id(&remote, "/m"));
+    let g = rp.open(id(&remote, "/m"));
+    std::thread::scope(|s| {
+        s.spawn(|| assert!(read_all(&rp, &f, size) == data, "sequential bytes"));
+        s.spawn(|| {
+            for i in 0..40u64 {
+                let off = (i * 7_919_003) % size;
+                let got = rp.read(&g, off, 70_000).expect("random read");
+                assert_eq!(&got[..], &data[off as usize..(off as usize + got.len())]);
+            }
+        });
+    });
+    let peak = rp.memory.pool().peak_in_use();
+    assert!(peak <= blocks, "{peak} block buffers alive at once, {blocks} allowed");
+}
+
+#[test]
+fn partial_blocks_survive_a_reopen_of_the_cache_and_a_corrupt_one_is_a_miss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = pattern((8 * MIB) as usize, 14);
+    let remote = FakeRemote::with_file("/p.fits", data.clone());
+    let off = 5 * MIB + 2880;
+    {
+        let (rp, _) = read_path(&remote, Some(BlockCache::open(dir.path(), 64 * MIB).expect("cache")), config());
+        let f = rp.open(id(&remote, "/p.fits"));
+        assert_eq!(&rp.read(&f, off, 2880).expect("read")[..], &data[off as usize..off as usize + 2880]);
+        until_quiet(&remote);
+        rp.stop();
+    }
+    let opens = remote.opens();
+    let (rp, _) = read_path(&remote, Some(BlockCache::open(dir.path(), 64 * MIB).expect("cache")), config());
+    let f = rp.open(id(&remote, "/p.fits"));
+    assert_eq!(&rp.read(&f, off, 2880).expect("cached")[..], &data[off as usize..off as usize + 2880]);
+    assert_eq!(remote.opens(), opens, "served from the partial block on disk");
+    // Bytes next to it were never fetched: they come from the server.
+    assert_eq!(&rp.read(&f, off + 2880, 100).expect("next")[..], &data[(off + 2880) as usize..(off + 2980) as usize]);
+    assert_eq!(remote.opens(), opens + 1);
+    rp.stop();
+    drop(rp);
+
+    // A corrupted block file: a miss, deleted, fetched again, never served.
+    let files: Vec<_> = walk(dir.path()).into_iter().filter(|p| p.extension().is_some_and(|e| e == "blk")).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut bytes = std::fs::read(&files[0]).expect("block file");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&files[0], &bytes).expect("corrupt");
+    let (rp, _) = read_path(&remote, Some(BlockCache::open(dir.path(), 64 * MIB).expect("cache")), config());
+    let f = rp.open(id(&remote, "/p.fits"));
+    assert_eq!(&rp.read(&f, off, 2880).expect("read")[..], &data[off as usize..off as usize + 2880]);
+    assert!(remote.opens() > opens + 1, "fetched again, not served from the bad file");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_file_whose_time_changed_but_not_its_size_is_reported_stale() {
+    let remote = FakeRemote::with_file("/t", pattern(3000, 1));
+    let old = id(&remote, "/t");
+    // Replaced on the server with other bytes of the same size: a new time.
+    remote.put("/t", pattern(3000, 2));
+    assert_eq!(remote.version("/t").map(|v| v.size), Some(3000));
+    assert_ne!(remote.version("/t").map(|v| v.mtime), Some(old.mtime));
+    let (rp, _) = read_path(&remote, None, config());
+    let f = rp.open(old);
+    let err = rp.read(&f, 0, 100).expect_err("stale");
+    assert!(matches!(err, RemoteError::Changed(_)), "{err:?}");
+    assert_eq!(crate::error::FsError::from(err).errno(), libc::ESTALE);
+}
+
+#[test]
+fn files_have_distinct_modification_times() {
+    let remote = FakeRemote::default();
+    remote.put("/a", vec![1]);
+    remote.put("/b", vec![1]);
+    assert_ne!(remote.version("/a").map(|v| v.mtime), remote.version("/b").map(|v| v.mtime));
+}
+
+#[test]
+fn a_re_read_never_goes_back_to_the_network() {
+    let data = pattern((3 * MIB) as usize, 1);
+    let remote = FakeRemote::with_file("/f", data.clone());
+    let (rp, _) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/f"));
+    rp.read(&f, 100, 5000).expect("first read");
+    until_quiet(&remote);
+    let before = remote.bytes();
+    assert_eq!(&rp.read(&f, 100, 5000).expect("re-read")[..], &data[100..5100]);
+    assert_eq!(remote.bytes(), before);
+}
+
+#[test]
+fn a_whole_file_read_through_the_disk_cache_is_byte_exact_after_a_remount() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size = 5 * MIB + 3;
+    let data = pattern(size as usize, 11);
+    let remote = FakeRemote::with_file("/p", data.clone());
+    {
+        let (rp, _) = read_path(&remote, Some(BlockCache::open(dir.path(), 1 << 30).expect("cache")), config());
+        let f = rp.open(id(&remote, "/p"));
+        assert!(read_all(&rp, &f, size) == data);
+        until_quiet(&remote);
+        rp.stop();
+    }
+    let before = remote.bytes();
+    let (rp, _) = read_path(&remote, Some(BlockCache::open(dir.path(), 1 << 30).expect("cache")), config());
+    let f = rp.open(id(&remote, "/p"));
+    assert!(read_all(&rp, &f, size) == data);
+    assert_eq!(remote.bytes(), before, "zero bytes on the wire after a remount");
+}
+
+#[test]
+fn reads_across_blocks_and_past_the_end_return_the_right_bytes() {
+    let size = MIB + 10;
+    let data = pattern(size as usize, 2);
+    let remote = FakeRemote::with_file("/e", data.clone());
+    let (rp, _) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/e"));
+    assert_eq!(&rp.read(&f, MIB - 100, 4096).expect("across")[..], &data[(MIB - 100) as usize..]);
+    assert!(rp.read(&f, size, 10).expect("eof").is_empty());
+    assert!(rp.read(&f, size + 100, 10).expect("past eof").is_empty());
+}
+
+#[test]
+fn a_random_reader_is_served_while_stripes_hold_every_connection() {
+    let size = 128 * MIB;
+    let data = pattern(size as usize, 15);
+    let remote = FakeRemote::with_file("/big", data.clone());
+    remote.set_parallelism(2);
+    remote.faults().rate.store(8 * MIB, Ordering::SeqCst);
+    let (rp, stats) = read_path(&remote, None, config());
+    let seq = rp.open(id(&remote, "/big"));
+    let mut off = 0;
+    // Far enough that both stripes fetch at full speed (and hold both connections).
+    while off < 10 * MIB {
+        off += rp.read(&seq, off, MIB as u32).expect("read").len() as u64;
+    }
+    let random = rp.open(id(&remote, "/big"));
+    let far = 100 * MIB + 7;
+    let got = within(Duration::from_secs(15), {
+        let rp = Arc::clone(&rp);
+        move || rp.read(&random, far, 4096).map(|d| d.to_vec())
+    });
+    assert_eq!(got.expect("served")[..], data[far as usize..far as usize + 4096]);
+    assert!(stat(&stats.cancelled) >= 1, "a stripe made room");
+    // And the sequential reader still gets the right bytes.
+    assert_eq!(&rp.read(&seq, off, 4096).expect("read")[..], &data[off as usize..off as usize + 4096]);
+    rp.release(&seq);
+    until_quiet(&remote);
+}
+
+#[test]
+fn a_reader_that_pauses_loses_its_stripes_and_gets_new_ones_when_it_reads_on() {
+    let size = 512 * MIB;
+    let data = pattern(size as usize, 16);
+    let remote = FakeRemote::with_file("/big", data.clone());
+    // Slow enough that the stripes are far from their ends when the reader pauses.
+    remote.faults().rate.store(MIB, Ordering::SeqCst);
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/big"));
+    let mut off = 0;
+    while off < 4 * MIB {
+        off += rp.read(&f, off, MIB as u32).expect("read").len() as u64;
+    }
+    // Not a read for longer than the idle limit: the stripes stop by themselves.
+    std::thread::sleep(fetch::IDLE_STOP + Duration::from_millis(500));
+    until_quiet(&remote);
+    assert!(stat(&stats.cancelled) > 0, "stripes stopped while the reader paused");
+    let stripes_before = remote.transfers().iter().filter(|x| matches!(x.intent, Intent::Run { .. })).count();
+    assert!(stripes_before > 0);
+    // Reading on: the run starts again, with new stripes from where the reader is.
+    let target = off + 4 * MIB;
+    while off < target {
+        let got = rp.read(&f, off, MIB as u32).expect("read on");
+        assert!(got[..] == data[off as usize..off as usize + got.len()], "bytes at {off}");
+        off += got.len() as u64;
+    }
+    rp.release(&f);
+    until_quiet(&remote);
+    let t = remote.transfers();
+    let stripes_after = t.iter().filter(|x| matches!(x.intent, Intent::Run { .. })).count();
+    assert!(stripes_after > stripes_before, "new stripes: {t:?}");
+}
+
+#[test]
+fn a_reader_that_stops_after_a_few_mib_leaves_the_other_stripes_unopened() {
+    let size = 256 * MIB;
+    let data = pattern(size as usize, 17);
+    let remote = FakeRemote::with_file("/big", data.clone());
+    remote.set_parallelism(8);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = BlockCache::open(dir.path(), 4 << 30).expect("cache");
+    let (rp, stats) = read_path(&remote, Some(disk), config());
+    let f = rp.open(id(&remote, "/big"));
+    let mut off = 0;
+    while off < 4 * MIB {
+        let got = rp.read(&f, off, MIB as u32).expect("read");
+        assert!(got[..] == data[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+    // As `head -c 4M` does: a short pause for the last reply, then close.
+    std::thread::sleep(Duration::from_millis(100));
+    rp.release(&f);
+    until_quiet(&remote);
+    let t = remote.transfers();
+    assert!(t.len() <= 3, "only the transfers near the reader opened: {t:?}");
+    assert!(remote.bytes() <= 4 * MIB + 8 * MIB + MIB, "fetched {} bytes for 4 MiB read: {t:?}", remote.bytes());
+    assert!(stat(&stats.stripes) >= 1);
+}

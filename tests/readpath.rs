@@ -1,0 +1,261 @@
+//! The read path end to end: what a random read, a FITS header read and a whole-file copy
+//! cost in transfers and bytes, and how long a read waits on a server that stopped.
+//!
+//! Counts come from two sides: the server's transfer log (one line per RETR with the bytes
+//! it sent, and whether the transfer completed) and the mount's counters. What a server sent
+//! past what a transfer was asked for depends on the transport (socket buffers at an early
+//! close); the assertions here hold whatever it is, and the benchmark measures it.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+/// Far beyond any legitimate duration of one tool run here: reaching it is a hang.
+const HANG: Duration = Duration::from_secs(120);
+
+fn serve(kind: Kind, fill: impl FnOnce(&Path)) -> (tempfile::TempDir, Server) {
+    let root = new_root();
+    fill(root.path());
+    let server = Server::builder(kind).root(root.path()).start();
+    (root, server)
+}
+
+/// The server's transfer log once it holds `n` transfers (servers log a transfer when it
+/// ends, which may be a moment after the client closed it).
+fn transfers_when(server: &Server, n: usize) -> Vec<Transfer> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = server.transfers();
+        if t.len() >= n || Instant::now() > deadline {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn random_reads_fetch_only_what_they_ask(kind: Kind) {
+    if !ready(kind) {
+        return;
+    }
+    let size = 64 * MIB + 4321;
+    let (_root, server) = serve(kind, |r| write_pattern_file(&r.join("r.bin"), 3, size));
+    let mount = Mount::start(&server);
+    let offsets = [5 * MIB + 100, 33 * MIB, 60 * MIB + MIB / 2, 17 * MIB + 9, size - 3000];
+    for off in offsets {
+        // A fresh open each time, as a tool reading one record would.
+        let want = pattern_bytes(3, off, 4096.min((size - off) as usize));
+        assert_eq!(mount.read_range("r.bin", off, 4096), want, "bytes at {off}");
+    }
+    let fetches = stat_value(&mount, "fetches");
+    assert_eq!(fetches, offsets.len() as u64, "one transfer per read");
+    assert_eq!(stat_value(&mount, "stripes"), 0, "random reads start no stripes");
+    let fetched = stat_value(&mount, "fetched_bytes");
+    // The kernel rounds a read out to pages and reads a little ahead; never a block more.
+    assert!(fetched <= offsets.len() as u64 * 256 * 1024, "fetched {fetched} bytes for {} reads", offsets.len());
+    let t = transfers_when(&server, offsets.len());
+    assert_eq!(t.len(), offsets.len(), "the server saw one RETR per read: {t:?}");
+    let sent = server.bytes_sent();
+    assert!(sent >= fetched, "the server sent {sent} bytes, the mount took {fetched}");
+    assert_eq!(stat_value(&mount, "read_errors"), 0);
+}
+
+#[test]
+fn random_reads_on_vsftpd_fetch_only_what_they_ask_one_transfer_each() {
+    random_reads_fetch_only_what_they_ask(Kind::Vsftpd);
+}
+
+#[test]
+fn random_reads_on_pure_ftpd_fetch_only_what_they_ask_one_transfer_each() {
+    random_reads_fetch_only_what_they_ask(Kind::PureFtpd);
+}
+
+#[test]
+fn random_reads_on_pyftpdlib_fetch_only_what_they_ask_one_transfer_each() {
+    random_reads_fetch_only_what_they_ask(Kind::Pyftpdlib);
+}
+
+/// Reads two FITS headers the way astropy's `getheader(path, ext=1)` does: Python's
+/// buffered file reads `st_blksize` bytes at the first header, then seeks to the second.
+const READ_TWO_HEADERS: &str = r#"
+import sys
+path, second = sys.argv[1], int(sys.argv[2])
+with open(path, "rb") as f:
+    first = f.read(2880)
+    f.seek(second)
+    ext = f.read(2880)
+sys.stdout.write(first[:8].decode() + "|" + ext[:8].decode())
+"#;
+
+#[test]
+fn a_fits_header_read_of_a_two_hdu_1_gib_file_moves_little() {
+    if !ready(Kind::Vsftpd) {
+        return;
+    }
+    let size = 1 << 30;
+    // Where astropy finds the second header: after the primary data, padded to 2880 bytes.
+    let second = 2880 * ((512 * MIB) / 2880);
+    let (_root, server) = serve(Kind::Vsftpd, |r| {
+        let path = r.join("two.fits");
+        let f = fs::File::create(&path).expect("create");
+        f.write_all_at(&fits_header(&[("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "0"), ("EXTEND", "T")]), 0)
+            .expect("primary header");
+        f.write_all_at(&fits_header(&[("XTENSION", "'IMAGE   '"), ("BITPIX", "8"), ("NAXIS", "0")]), second)
+            .expect("extension header");
+        // Sparse: the server reads zeros, the disk holds nothing.
+        f.set_len(size).expect("size");
+        set_mode(&path, 0o644);
+    });
+    let mount = Mount::start(&server);
+    let out = run(
+        Command::new("python3").args(["-c", READ_TWO_HEADERS]).arg(mount.path("two.fits")).arg(second.to_string()),
+        HANG,
+    );
+    assert!(out.status.success(), "python failed: {}\n{}", stderr_of(&out), mount.stderr());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SIMPLE  |XTENSION");
+    assert_eq!(stat_value(&mount, "fetches"), 2, "one transfer per header");
+    assert_eq!(stat_value(&mount, "stripes"), 0, "a header read is not a sequential read");
+    let fetched = stat_value(&mount, "fetched_bytes");
+    assert!(fetched <= 2 * MIB, "fetched {fetched} bytes for two headers");
+    assert_eq!(transfers_when(&server, 2).len(), 2, "two RETRs");
+}
+
+fn copy_with(kind: Kind, connections: u64, size: u64) {
+    if !ready(kind) {
+        return;
+    }
+    let (_root, server) = serve(kind, |r| write_pattern_file(&r.join("big.bin"), 21, size));
+    let mount = Mount::builder(&server).args(["--connections", &connections.to_string()]).start();
+    let out = tempfile::tempdir().expect("out dir");
+    let dst = out.path().join("big.bin");
+    let cp = run(Command::new("cp").arg(mount.path("big.bin")).arg(&dst), HANG);
+    assert!(cp.status.success(), "cp failed: {}\n{}", stderr_of(&cp), mount.stderr());
+    let got = fs::read(&dst).expect("copy");
+    assert_eq!(got.len() as u64, size);
+    assert!(got == pattern_bytes(21, 0, size as usize), "the copy's bytes differ");
+
+    let (fetches, stripes, peeks) =
+        (stat_value(&mount, "fetches"), stat_value(&mount, "stripes"), stat_value(&mount, "peeks"));
+    assert!(stripes >= connections, "split among the {connections} connections: {stripes} stripes");
+    assert!(peeks <= 2, "at most the first reads' peeks before the stripes: {peeks}");
+    assert_eq!(fetches, stripes + peeks, "every transfer a stripe or one of those peeks");
+    assert_eq!(stat_value(&mount, "cancelled"), 0, "no transfer stopped before its planned end");
+    assert_eq!(stat_value(&mount, "resumed"), 0);
+    assert_eq!(stat_value(&mount, "planned_ends"), fetches - 1, "every transfer ends where the next begins");
+    assert_eq!(stat_value(&mount, "fetched_bytes"), size, "every byte fetched once");
+    // The server's view: one RETR per transfer, and only the last one runs to the end of the
+    // file (the others end early, at their stripe's end).
+    let t = transfers_when(&server, fetches as usize);
+    assert_eq!(t.len() as u64, fetches, "{t:?}");
+    if kind != Kind::PureFtpd {
+        // pure-ftpd logs every transfer as complete.
+        assert_eq!(t.iter().filter(|x| x.complete).count(), 1, "{t:?}");
+    }
+}
+
+#[test]
+fn a_whole_file_copy_with_8_connections_is_byte_exact_and_ends_only_at_stripe_ends() {
+    copy_with(Kind::Vsftpd, 8, 96 * MIB + 12345);
+}
+
+#[test]
+fn a_whole_file_copy_from_pyftpdlib_ends_only_at_stripe_ends() {
+    copy_with(Kind::Pyftpdlib, 4, 24 * MIB + 7);
+}
+
+#[test]
+fn a_reader_that_stops_early_stops_its_stripes() {
+    if !ready(Kind::Vsftpd) {
+        return;
+    }
+    let size = 256 * MIB;
+    let (_root, server) = serve(Kind::Vsftpd, |r| write_pattern_file(&r.join("big.bin"), 22, size));
+    let mount = Mount::builder(&server).args(["--connections", "4"]).start();
+    let out = run(Command::new("head").args(["-c", "10M"]).arg(mount.path("big.bin")), HANG);
+    assert!(out.status.success());
+    assert!(out.stdout == pattern_bytes(22, 0, 10 * MIB as usize), "head's bytes differ");
+    // The file is closed: its stripes stop, they do not fetch the rest of the file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stat_value(&mount, "cancelled") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(stat_value(&mount, "cancelled") > 0, "stripes stopped before their ends");
+    let fetched = stat_value(&mount, "fetched_bytes");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(stat_value(&mount, "fetched_bytes") - fetched < MIB, "nothing more arrives once stopped");
+    assert!(fetched < size / 2, "fetched {fetched} bytes of {size} for 10 MiB read");
+}
+
+/// `root` and every process descended from it.
+fn process_tree(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may hold spaces and parentheses: fields start after the last ')'.
+            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+fn signal_all(pids: &[u32], signal: libc::c_int) {
+    for &pid in pids {
+        // SAFETY: signalling processes of the server this test started.
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    }
+}
+
+#[test]
+fn a_cold_read_from_a_stopped_server_fails_within_the_timeout() {
+    if !ready(Kind::Vsftpd) {
+        return;
+    }
+    let timeout = 3;
+    let (_root, server) = serve(Kind::Vsftpd, |r| write_pattern_file(&r.join("d/cold.bin"), 23, 10 * MIB));
+    let mount = Mount::builder(&server).args(["--timeout", &timeout.to_string()]).start();
+    let ls = run(Command::new("ls").arg(mount.path("d")), HANG);
+    assert!(ls.status.success());
+
+    // vsftpd runs each session in a process of its own: stop the whole tree.
+    let tree = process_tree(server.pid);
+    signal_all(&tree, libc::SIGSTOP);
+    // Bounded from outside: a read that outlives the timeout by far is a hang, not a pass.
+    // The limit is the timeout, its margin (1 s) and room for a loaded machine; the read
+    // path used to take four times the timeout.
+    let limit = Duration::from_secs(3 * timeout);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = mount.path("d/cold.bin");
+    std::thread::spawn(move || {
+        let _ = tx.send(Command::new("cat").arg(path).output());
+    });
+    let out = rx.recv_timeout(limit);
+    // Resume before asserting, so a failure leaves no stopped server behind.
+    signal_all(&tree, libc::SIGCONT);
+    let out = out.unwrap_or_else(|_| panic!("cat of a cold file still running after {limit:?}"));
+    let out = out.expect("run cat");
+    assert!(!out.status.success(), "no bytes from a stopped server");
+    assert!(stderr_of(&out).contains("Input/output error"), "EIO: {}", stderr_of(&out));
+    assert!(out.stdout.is_empty(), "not a byte of a file nobody could fetch");
+    // Once the server runs again, the same read succeeds.
+    let again = run(Command::new("cat").arg(mount.path("d/cold.bin")), HANG);
+    assert!(again.status.success(), "after SIGCONT: {}", stderr_of(&again));
+    assert!(again.stdout == pattern_bytes(23, 0, 10 * MIB as usize));
+}
