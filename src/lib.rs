@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod credentials;
 mod dircache;
+mod dirstore;
 mod error;
 #[cfg(test)]
 mod fake;
