@@ -85,7 +85,7 @@ impl Default for BlockConfig {
 enum SlotState {
     Pending,
     Done(Block),
-    Failed(String, bool),
+    Failed(RemoteError),
 }
 
 /// A block being fetched; waiters sleep on it.
@@ -108,13 +108,10 @@ impl Slot {
             match &*st {
                 SlotState::Pending => self.ready.wait(&mut st),
                 SlotState::Done(b) => return Ok(Arc::clone(b)),
-                SlotState::Failed(m, changed) => {
-                    return Err(if *changed {
-                        RemoteError::Changed(m.clone())
-                    } else {
-                        RemoteError::Protocol(m.clone())
-                    });
-                }
+                // HOOK (offline): an offline mount's "not cached" keeps its kind to the errno;
+                // other failures read as before. The read-path rewrite keeps every kind.
+                SlotState::Failed(e @ (RemoteError::Changed(_) | RemoteError::Offline(_))) => return Err(e.clone()),
+                SlotState::Failed(e) => return Err(RemoteError::Protocol(e.to_string())),
             }
         }
     }
@@ -386,21 +383,20 @@ impl BlockStore {
         log::debug!("fetched blocks {first}..{current} of {}", file.id.path);
         let failure = match result {
             Ok(_) if current >= end => None,
-            Ok(_) => {
-                Some((format!("{}: server sent fewer bytes than the listed size {}", file.id.path, file.size()), true))
-            }
-            Err(e) => {
-                let changed = matches!(e, RemoteError::Changed(_));
-                Some((e.to_string(), changed))
-            }
+            Ok(_) => Some(RemoteError::Changed(format!(
+                "{}: server sent fewer bytes than the listed size {}",
+                file.id.path,
+                file.size()
+            ))),
+            Err(e) => Some(e),
         };
-        if let Some((message, changed)) = failure {
+        if let Some(e) = failure {
             Stats::add(&self.stats.read_errors, 1);
-            log::warn!("fetching {}: {message}", file.id.path);
+            log::warn!("fetching {}: {e}", file.id.path);
             let mut inflight = self.inflight.lock();
             for (i, slot) in (current..end).zip(slots.drain(..)) {
                 inflight.remove(&(file.key, i));
-                slot.finish(SlotState::Failed(message.clone(), changed));
+                slot.finish(SlotState::Failed(e.clone()));
             }
         }
     }
@@ -505,7 +501,7 @@ fn worker(store: std::sync::Weak<BlockStore>) {
                     // Wake every waiter: nobody will fetch what is still queued.
                     for job in q.drain(..) {
                         for slot in &job.slots {
-                            slot.finish(SlotState::Failed("unmounting".into(), false));
+                            slot.finish(SlotState::Failed(RemoteError::Protocol("unmounting".into())));
                         }
                     }
                     return;

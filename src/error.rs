@@ -38,6 +38,10 @@ pub enum RemoteError {
     /// A transfer broke after `delivered` bytes reached the caller.
     #[error("transfer broke after {delivered} bytes: {cause}")]
     Partial { delivered: u64, cause: Box<RemoteError> },
+    /// The mount is offline (the server was unreachable at mount time, or `--offline`) and
+    /// what was asked for is not in the cache: nobody asked the server. The text says why.
+    #[error("{0}")]
+    Offline(String),
 }
 
 impl RemoteError {
@@ -57,9 +61,11 @@ impl RemoteError {
             | RemoteError::TooManyConnections(_)
             | RemoteError::Protocol(_) => true,
             RemoteError::Partial { cause, .. } => cause.is_transient(),
-            RemoteError::Tls(_) | RemoteError::Login(_) | RemoteError::Unavailable(_) | RemoteError::Changed(_) => {
-                false
-            }
+            RemoteError::Tls(_)
+            | RemoteError::Login(_)
+            | RemoteError::Unavailable(_)
+            | RemoteError::Changed(_)
+            | RemoteError::Offline(_) => false,
         }
     }
 }
@@ -99,6 +105,8 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Remote(RemoteError::Unavailable(_)) => libc::EACCES,
             FsError::Remote(RemoteError::Changed(_)) => libc::ESTALE,
+            // "Network is unreachable" says what happened; EIO would read as a failing disk.
+            FsError::Remote(RemoteError::Offline(_)) => libc::ENETUNREACH,
             FsError::Remote(RemoteError::Partial { cause, .. }) => FsError::Remote((**cause).clone()).errno(),
             FsError::Remote(_) => libc::EIO,
         }
@@ -123,5 +131,14 @@ mod tests {
         assert_eq!(FsError::from(reset).errno(), libc::EIO);
         assert_eq!(FsError::from(RemoteError::Timeout("RETR".into())).errno(), libc::EIO);
         assert_eq!(FsError::from(RemoteError::Changed("/f".into())).errno(), libc::ESTALE);
+    }
+
+    #[test]
+    fn what_an_offline_mount_has_not_cached_is_enetunreach_and_never_retried() {
+        let offline = RemoteError::Offline("offline (--offline): \"/f\" is not cached".into());
+        assert!(!offline.is_transient());
+        assert_eq!(FsError::from(offline.clone()).errno(), libc::ENETUNREACH);
+        let partial = RemoteError::Partial { delivered: 1, cause: Box::new(offline) };
+        assert_eq!(FsError::from(partial).errno(), libc::ENETUNREACH);
     }
 }

@@ -19,6 +19,7 @@ mod listing;
 mod manpage;
 mod mount;
 mod mount_opts;
+mod online;
 mod readahead;
 mod remote;
 mod stats;

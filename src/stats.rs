@@ -33,6 +33,8 @@ counters! {
     read_errors: "Reads that failed with an error returned to the caller.",
     cache_write_errors: "Blocks that could not be written to the disk cache.",
     prefetched_blocks: "Blocks fetched ahead of the reader.",
+    disk_listings: "Directory listings read from the disk cache instead of the server.",
+    offline: "1 while the mount is offline (serving only what the cache holds), else 0.",
 }
 
 impl Stats {

@@ -49,6 +49,8 @@ const KNOWN: &[Known] = &[
     known("retrs", "transfers (RETR)", Unit::Count, SERVER),
     known("aborts", "transfers ended early", Unit::Count, SERVER),
     known("listings", "directory listings", Unit::Count, SERVER),
+    known("disk_listings", "listings from the cache", Unit::Count, SERVER),
+    known("offline", "offline now (1 = yes)", Unit::Count, SERVER),
     known("logins", "logins", Unit::Count, SERVER),
     known("reconnects", "reconnects", Unit::Count, SERVER),
     known("retries", "retries", Unit::Count, SERVER),
