@@ -229,12 +229,13 @@ pub struct MountArgs {
     #[arg(long, value_enum, default_value = "1.3", help_heading = "TLS")]
     pub tls_max: TlsMax,
 
-    /// Block cache directory, created private (0700)
+    /// Cache directory (blocks and directory listings), created private (0700)
     /// [default: $XDG_CACHE_HOME/mastfs or ~/.cache/mastfs]
     #[arg(long, value_name = "DIR", help_heading = "Cache")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Most disk space the block cache may use (e.g. 512M, 20G); 0 disables the disk cache
+    /// Most disk space the cache may use (e.g. 512M, 20G), a sixteenth of it for listings; 0
+    /// disables the disk cache
     #[arg(long, default_value = "10G", value_name = "SIZE", help_heading = "Cache")]
     pub cache_size: String,
 

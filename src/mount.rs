@@ -242,8 +242,13 @@ pub fn build(p: &Prepared) -> Result<Built, String> {
                     return Err(format!("{why} (and nothing of it is cached for offline use)"));
                 }
                 let link = Link::unreachable(&format!("{}:{port}", a.host), Arc::clone(&stats));
+                let probe_stats = Arc::clone(&stats);
                 link.start_prober(format!("{}:{port}", a.host), online::SCHEDULE, move || {
-                    Conn::open(&probe_endpoint, &probe_tls).map(Conn::quit)
+                    // A fresh login of its own: the pool's connections died with the server.
+                    let conn = Conn::open(&probe_endpoint, &probe_tls)?;
+                    Stats::add(&probe_stats.logins, 1);
+                    conn.quit();
+                    Ok(())
                 });
                 let s = online::SCHEDULE;
                 let message = format!(
