@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::dirstore::{DirStore, SavedDir};
+use crate::dirstore::{DirStore, Saved, SavedDir};
 use crate::error::{FsError, RemoteError};
 use crate::inode::Inodes;
 use crate::online::Link;
@@ -79,6 +79,8 @@ pub struct DirCache {
     /// Directories whose saved record was looked for already (one look per directory).
     loaded: Mutex<HashSet<u64>>,
     loading: Mutex<()>,
+    /// The last save of a listing failed (the cache disk is full or read-only).
+    save_failing: AtomicBool,
 }
 
 /// One fetch that several callers may wait for.
@@ -148,6 +150,7 @@ impl DirCache {
             fallback,
             loaded: Mutex::new(HashSet::new()),
             loading: Mutex::new(()),
+            save_failing: AtomicBool::new(false),
         }
     }
 
@@ -281,8 +284,22 @@ impl DirCache {
     /// written costs only offline use, so a failure is logged, not returned (as for listings).
     fn save(&self, dir: &str, change: impl FnOnce(&mut SavedDir) -> bool) {
         let Some(store) = &self.fallback.listings else { return };
-        if let Err(e) = store.update(dir, change) {
-            log::warn!("cannot save the listing of {dir:?} in the cache ({e}); it will not be available offline");
+        self.note_save(dir, store.update(dir, change));
+    }
+
+    /// Warns once per outage of the cache disk (full, read-only), not once per listing.
+    fn note_save(&self, dir: &str, result: std::io::Result<Saved>) {
+        match result {
+            Ok(_) => {
+                if self.save_failing.swap(false, Ordering::Relaxed) {
+                    log::warn!("listings are saved in the cache again");
+                }
+            }
+            Err(e) if !self.save_failing.swap(true, Ordering::Relaxed) => log::warn!(
+                "cannot save the listing of {dir:?} in the cache ({e}); listings fetched until the cache \
+                 can be written again will not be available offline"
+            ),
+            Err(e) => log::debug!("cannot save the listing of {dir:?} in the cache ({e})"),
         }
     }
 
@@ -312,12 +329,8 @@ impl DirCache {
                     inodes.store_listing(*dir, entries);
                     inodes.saved_listing(*dir)
                 };
-                if let (Some(store), Some(saved)) = (&self.fallback.listings, saved)
-                    && let Err(e) = store.save(path, &saved)
-                {
-                    log::warn!(
-                        "cannot save the listing of {path:?} in the cache ({e}); it will not be available offline"
-                    );
+                if let (Some(store), Some(saved)) = (&self.fallback.listings, saved) {
+                    self.note_save(path, store.save(path, &saved));
                 }
             }),
             Key::Stat(dir, name) => self.remote.stat(path).map(|entry| {
