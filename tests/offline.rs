@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::relay::Relay;
 use common::*;
 
 const MIB: u64 = 1 << 20;
@@ -307,4 +308,51 @@ fn an_unreachable_server_with_nothing_cached_refuses_the_mount_and_says_why() {
     let out = mount(&["--offline", "--cache-size", "0"]);
     assert!(!out.status.success(), "--offline without a cache serves nothing");
     assert!(stderr_of(&out).contains("--cache-size 0"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_server_that_accepts_but_never_answers_at_mount_time_mounts_offline_and_is_followed_when_it_answers() {
+    if !ready(Kind::Vsftpd) {
+        return;
+    }
+    let root = new_root();
+    fill(root.path());
+    let pasv = Relay::free_pasv_range(16);
+    let server = Server::builder(Kind::Vsftpd).root(root.path()).pasv_range(pasv.0, pasv.1).start();
+    let relay = Relay::start(server.port, pasv);
+    let cache = tempfile::Builder::new().prefix("mastfs-offline-cache-").tempdir().expect("cache dir");
+    // Through the relay (127.0.0.2), whose address the test certificate does not name.
+    let mount = || {
+        Mount::builder(&server)
+            .no_ca()
+            .args(["--insecure", "--timeout", "2"])
+            .cache_dir(cache.path())
+            .start_via(&relay.host(), relay.port)
+    };
+    let online = mount();
+    assert_eq!(ls(&online.path("data")), ["a.bin", "b.bin", "sub"]);
+    assert!(cat(&online.path("data/a.bin")) == pattern_bytes(1, 0, (2 * MIB + 5) as usize));
+    drop(online);
+
+    // Connections are accepted, and then nothing: not a byte of greeting.
+    relay.stall(true);
+    let offline = mount();
+    let said = offline.stderr();
+    assert!(said.contains("OFFLINE") && said.contains("did not answer"), "{said}");
+    assert_eq!(ls(&offline.path("data")), ["a.bin", "b.bin", "sub"]);
+    assert!(cat(&offline.path("data/a.bin")) == pattern_bytes(1, 0, (2 * MIB + 5) as usize));
+    unreachable(&tool("cat", &offline.path("data/b.bin")), "an uncached file while the server is silent");
+
+    relay.stall(false);
+    let deadline = Instant::now() + BACK_ONLINE;
+    let b = loop {
+        let out = tool("cat", &offline.path("data/b.bin"));
+        if out.status.success() {
+            break out.stdout;
+        }
+        assert!(Instant::now() < deadline, "still offline {BACK_ONLINE:?} after the server answered again");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(b == pattern_bytes(2, 0, (MIB + 3) as usize));
+    assert!(offline.stderr().contains("ONLINE"), "{}", offline.stderr());
 }
