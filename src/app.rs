@@ -106,6 +106,13 @@ fn run_mount(args: MountArgs) -> ExitCode {
             return if foreground { fail(&m) } else { ExitCode::FAILURE };
         }
     };
+    if let Some(message) = &built.offline {
+        log::warn!("{message}");
+        if !foreground {
+            // The terminal is still ours until the mount is reported live; the log has it too.
+            eprintln!("mastfs: {message}");
+        }
+    }
     let store = built.store.clone();
     let mountpoint = prepared.args.mountpoint.clone();
     // Handlers go in before the mount appears: a SIGTERM that arrives just after it would

@@ -60,7 +60,7 @@ Environment:
 
 Files:
   ~/.netrc                 machine HOST login USER password PASSWORD
-  ~/.cache/mastfs/         block cache (private, 0700)
+  ~/.cache/mastfs/         block and listing cache (private, 0700)
   CACHE_DIR/mastfs.log     log of a mount running in the background
   MOUNTPOINT/.mastfs-stats the live counters 'mastfs stats' reads (hidden from ls)";
 
@@ -229,18 +229,25 @@ pub struct MountArgs {
     #[arg(long, value_enum, default_value = "1.3", help_heading = "TLS")]
     pub tls_max: TlsMax,
 
-    /// Block cache directory, created private (0700)
+    /// Cache directory (blocks and directory listings), created private (0700)
     /// [default: $XDG_CACHE_HOME/mastfs or ~/.cache/mastfs]
     #[arg(long, value_name = "DIR", help_heading = "Cache")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Most disk space the block cache may use (e.g. 512M, 20G); 0 disables the disk cache
+    /// Most disk space the cache may use (e.g. 512M, 20G), a sixteenth of it for listings; 0
+    /// disables the disk cache
     #[arg(long, default_value = "10G", value_name = "SIZE", help_heading = "Cache")]
     pub cache_size: String,
 
     /// Seconds a directory listing and file attributes are trusted before asking the server again
     #[arg(long, default_value_t = 60, value_name = "SECS", help_heading = "Cache")]
     pub dir_cache_time: u64,
+
+    /// Never contact the server: serve only the directories and blocks in the cache; anything
+    /// else fails with "Network is unreachable". (Without it, a server that cannot be reached
+    /// at mount time also mounts offline when its root is cached, and goes online by itself.)
+    #[arg(long, help_heading = "Cache")]
+    pub offline: bool,
 
     /// Stay in the foreground (logs go to stderr)
     #[arg(short, long, help_heading = "Running")]
@@ -466,11 +473,11 @@ mod tests {
             "-o",
             "password_file=/pw,email=a@b.c,ca_file=/ca.pem,tls_max=1.2,cache_dir=/c,cache_size=1G",
             "-o",
-            "dir_cache_time=7,foreground,log_file=/l,verbose,verbose",
+            "dir_cache_time=7,offline,foreground,log_file=/l,verbose,verbose",
         ]);
         assert_eq!(a.host, "h.example");
         assert_eq!(a.port, Some(990));
-        assert!(a.implicit && a.epsv && a.foreground);
+        assert!(a.implicit && a.epsv && a.foreground && a.offline);
         assert_eq!(a.root, "/pub");
         assert_eq!(a.connections, 8);
         assert_eq!(a.timeout, 5);
@@ -489,7 +496,7 @@ mod tests {
             .find_subcommand("mount")
             .map(|m| m.get_arguments().filter_map(|a| a.get_long()).map(str::to_string).collect())
             .unwrap_or_default();
-        assert_eq!(flags.len(), 19, "a flag was added: give it a line above: {flags:?}");
+        assert_eq!(flags.len(), 20, "a flag was added: give it a line above: {flags:?}");
         assert!(flags.iter().all(|f| mount_opts::o_name_of_flag(f).is_some()));
     }
 

@@ -10,21 +10,31 @@
 //! answer, callers do not wait at all: a hung server never holds up `ls` of a directory it
 //! listed before, nor a lookup it answered before.
 //!
+//! Every listing and `stat` answer is also saved in the cache directory (`dirstore.rs`), and
+//! a directory this mount has not asked about yet is first filled from there, as a stale
+//! answer: it refreshes like an expired one, and while the mount is offline (`online.rs`) it
+//! answers as it is. Offline, nothing is fetched: what was never saved fails at once with an
+//! error that says so, and the log says which directory or path it was.
+//!
 //! Threads: FUSE workers call [`DirCache::ensure_listing`] and [`DirCache::ensure_stat`];
 //! refreshes run on short-lived `mastfs-meta` threads, at most one per directory or path.
 //! Locks: `fetches`, the inode table (owned by `fs.rs`) and each `Fetch::result` are only
-//! ever held one at a time.
+//! ever held one at a time. `loading` is held while a saved record is read and adopted; `loaded`
+//! and the inode table are taken inside it, one at a time, never the other way round.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::dirstore::{DirStore, Saved, SavedDir};
 use crate::error::{FsError, RemoteError};
 use crate::inode::Inodes;
+use crate::online::Link;
 use crate::remote::{EntryKind, Remote};
+use crate::stats::Stats;
 
 /// How long a caller waits for the refresh of an expired answer before using the old one.
 pub const REFRESH_GRACE: Duration = Duration::from_secs(1);
@@ -38,6 +48,23 @@ enum Key {
     Stat(u64, String),
 }
 
+/// What lets directories answer without the server: the listings saved on disk, and whether
+/// the server may be asked now.
+pub struct Fallback {
+    /// `None` without a disk cache (`--cache-size 0`).
+    pub listings: Option<Arc<DirStore>>,
+    pub link: Arc<Link>,
+    pub stats: Arc<Stats>,
+}
+
+impl Fallback {
+    /// Always online, nothing saved.
+    #[cfg(test)]
+    pub fn none(stats: Arc<Stats>) -> Fallback {
+        Fallback { listings: None, link: Link::online(Arc::clone(&stats)), stats }
+    }
+}
+
 pub struct DirCache {
     remote: Arc<dyn Remote>,
     inodes: Arc<Mutex<Inodes>>,
@@ -48,6 +75,12 @@ pub struct DirCache {
     /// are not waited for until one succeeds.
     server_silent: AtomicBool,
     fetches: Mutex<HashMap<Key, Arc<Fetch>>>,
+    fallback: Fallback,
+    /// Directories whose saved record was looked for already (one look per directory).
+    loaded: Mutex<HashSet<u64>>,
+    loading: Mutex<()>,
+    /// The last save of a listing failed (the cache disk is full or read-only).
+    save_failing: AtomicBool,
 }
 
 /// One fetch that several callers may wait for.
@@ -100,7 +133,13 @@ impl Drop for Completion<'_> {
 }
 
 impl DirCache {
-    pub fn new(remote: Arc<dyn Remote>, inodes: Arc<Mutex<Inodes>>, root: &str, ttl: Duration) -> DirCache {
+    pub fn new(
+        remote: Arc<dyn Remote>,
+        inodes: Arc<Mutex<Inodes>>,
+        root: &str,
+        ttl: Duration,
+        fallback: Fallback,
+    ) -> DirCache {
         DirCache {
             remote,
             inodes,
@@ -108,7 +147,41 @@ impl DirCache {
             ttl,
             server_silent: AtomicBool::new(false),
             fetches: Mutex::new(HashMap::new()),
+            fallback,
+            loaded: Mutex::new(HashSet::new()),
+            loading: Mutex::new(()),
+            save_failing: AtomicBool::new(false),
         }
+    }
+
+    /// Fills directory `dir` from its saved record, the first time it is asked about in this
+    /// mount and only if the server has not already answered about it.
+    pub fn load_saved(&self, dir: u64) {
+        let Some(store) = &self.fallback.listings else { return };
+        if self.loaded.lock().contains(&dir) {
+            return;
+        }
+        // One load at a time: a lookup in `dir` that comes meanwhile waits for this one rather
+        // than seeing the directory still empty (and, offline, failing).
+        let _one = self.loading.lock();
+        if self.loaded.lock().contains(&dir) {
+            return;
+        }
+        let path = {
+            let inodes = self.inodes.lock();
+            match inodes.get(dir) {
+                Some(n) if n.kind == EntryKind::Dir && inodes.listing(dir).is_none() => Some(self.remote_path(&n.path)),
+                _ => None,
+            }
+        };
+        if let Some(saved) = path.as_deref().and_then(|p| store.load(p)) {
+            log::debug!("{path:?}: {} entries from the listing cache", saved.entries.len());
+            if saved.complete {
+                Stats::add(&self.fallback.stats.disk_listings, 1);
+            }
+            self.inodes.lock().adopt(dir, saved);
+        }
+        self.loaded.lock().insert(dir);
     }
 
     /// The absolute remote path of a path relative to the mount's root.
@@ -123,6 +196,7 @@ impl DirCache {
     /// Makes sure directory `dir` has a listing to answer from: a fresh one, or an expired one
     /// while its refresh runs.
     pub fn ensure_listing(self: &Arc<Self>, dir: u64) -> Result<(), FsError> {
+        self.load_saved(dir);
         let (path, cached) = {
             let inodes = self.inodes.lock();
             let node = inodes.get(dir).ok_or(FsError::NotFound)?;
@@ -130,7 +204,7 @@ impl DirCache {
                 return Err(FsError::NotDir);
             }
             match inodes.listing(dir) {
-                Some(l) if l.fetched.elapsed() < self.ttl => return Ok(()),
+                Some(l) if l.fetched.is_some_and(|at| at.elapsed() < self.ttl) => return Ok(()),
                 listing => (self.remote_path(&node.path), listing.is_some()),
             }
         };
@@ -140,16 +214,18 @@ impl DirCache {
     /// Makes sure the inode table has an answer about `name` in directory `dir` (a node, or a
     /// remembered miss): a fresh one, or an expired one while its refresh runs.
     pub fn ensure_stat(self: &Arc<Self>, dir: u64, name: &str) -> Result<(), FsError> {
+        self.load_saved(dir);
         let (path, cached) = {
             let inodes = self.inodes.lock();
             let parent = inodes.get(dir).ok_or(FsError::NotFound)?;
             let rel = if parent.path.is_empty() { name.to_string() } else { format!("{}/{name}", parent.path) };
+            // Some(None): known, from disk only.
             let checked = match inodes.missing_since(dir, name) {
-                Some(at) => Some(at),
+                Some(at) => Some(Some(at)),
                 None => inodes.by_name(dir, name).and_then(|ino| inodes.get(ino)).map(|n| n.checked),
             };
             match checked {
-                Some(at) if at.elapsed() < self.ttl => return Ok(()),
+                Some(Some(at)) if at.elapsed() < self.ttl => return Ok(()),
                 checked => (self.remote_path(&rel), checked.is_some()),
             }
         };
@@ -157,6 +233,20 @@ impl DirCache {
     }
 
     fn fetch(self: &Arc<Self>, key: Key, path: String, cached: bool) -> Result<(), FsError> {
+        let link = &self.fallback.link;
+        if link.is_offline() {
+            link.nudge();
+            if cached {
+                return Ok(());
+            }
+            let what = match key {
+                Key::Listing(_) => format!("the listing of {path:?}"),
+                Key::Stat(..) => format!("{path:?}"),
+            };
+            let e = link.not_cached(&what);
+            log::warn!("{e}");
+            return Err(FsError::Remote(e));
+        }
         let (fetch, started_here) = {
             let mut fetches = self.fetches.lock();
             match fetches.get(&key) {
@@ -190,6 +280,29 @@ impl DirCache {
         Ok(())
     }
 
+    /// Changes the saved record of remote directory `dir` with `change`. A cache that cannot be
+    /// written costs only offline use, so a failure is logged, not returned (as for listings).
+    fn save(&self, dir: &str, change: impl FnOnce(&mut SavedDir) -> bool) {
+        let Some(store) = &self.fallback.listings else { return };
+        self.note_save(dir, store.update(dir, change));
+    }
+
+    /// Warns once per outage of the cache disk (full, read-only), not once per listing.
+    fn note_save(&self, dir: &str, result: std::io::Result<Saved>) {
+        match result {
+            Ok(_) => {
+                if self.save_failing.swap(false, Ordering::Relaxed) {
+                    log::warn!("listings are saved in the cache again");
+                }
+            }
+            Err(e) if !self.save_failing.swap(true, Ordering::Relaxed) => log::warn!(
+                "cannot save the listing of {dir:?} in the cache ({e}); listings fetched until the cache \
+                 can be written again will not be available offline"
+            ),
+            Err(e) => log::debug!("cannot save the listing of {dir:?} in the cache ({e})"),
+        }
+    }
+
     fn run_in_background(self: &Arc<Self>, key: Key, path: String, fetch: Arc<Fetch>) {
         let cache = Arc::clone(self);
         let job = Arc::clone(&fetch);
@@ -210,9 +323,30 @@ impl DirCache {
     fn run(&self, key: Key, path: &str, fetch: Arc<Fetch>) {
         let mut done = Completion { cache: self, key: key.clone(), fetch, result: None };
         let outcome = match &key {
-            Key::Listing(dir) => self.remote.list(path).map(|entries| self.inodes.lock().store_listing(*dir, entries)),
+            Key::Listing(dir) => self.remote.list(path).map(|entries| {
+                let saved = {
+                    let mut inodes = self.inodes.lock();
+                    inodes.store_listing(*dir, entries);
+                    inodes.saved_listing(*dir)
+                };
+                if let (Some(store), Some(saved)) = (&self.fallback.listings, saved) {
+                    self.note_save(path, store.save(path, &saved));
+                }
+            }),
             Key::Stat(dir, name) => self.remote.stat(path).map(|entry| {
-                self.inodes.lock().store_stat(*dir, name, entry, self.ttl);
+                let (dir_path, saved, known_before) = {
+                    let mut inodes = self.inodes.lock();
+                    let known_before = inodes.by_name(*dir, name).is_some();
+                    let ino = inodes.store_stat(*dir, name, entry, self.ttl);
+                    let dir_path = inodes.get(*dir).map(|n| self.remote_path(&n.path));
+                    (dir_path, ino.and_then(|i| inodes.saved_entry(i, name)), known_before)
+                };
+                match (dir_path, saved) {
+                    (Some(dir_path), Some(e)) => self.save(&dir_path, |record| record.upsert(e)),
+                    // Gone from the server: gone from the saved record too, if it was there.
+                    (Some(dir_path), None) if known_before => self.save(&dir_path, |record| record.remove(name)),
+                    _ => {}
+                }
             }),
         };
         done.result = Some(match outcome {
@@ -250,7 +384,8 @@ mod tests {
     fn cache(remote: &Arc<FakeRemote>, ttl: Duration) -> (Arc<DirCache>, Arc<Mutex<Inodes>>) {
         let inodes = Arc::new(Mutex::new(Inodes::new()));
         let r: Arc<dyn Remote> = remote.clone();
-        (Arc::new(DirCache::new(r, Arc::clone(&inodes), "/", ttl)), inodes)
+        let fallback = Fallback::none(Arc::new(Stats::default()));
+        (Arc::new(DirCache::new(r, Arc::clone(&inodes), "/", ttl, fallback)), inodes)
     }
 
     fn names(inodes: &Mutex<Inodes>, dir: u64) -> Vec<String> {
@@ -265,7 +400,10 @@ mod tests {
     fn remote_paths_join_the_root_and_the_relative_path() {
         let remote = Arc::new(FakeRemote::default());
         let r: Arc<dyn Remote> = remote;
-        let at = |root: &str| DirCache::new(Arc::clone(&r), Arc::new(Mutex::new(Inodes::new())), root, Duration::ZERO);
+        let at = |root: &str| {
+            let fallback = Fallback::none(Arc::new(Stats::default()));
+            DirCache::new(Arc::clone(&r), Arc::new(Mutex::new(Inodes::new())), root, Duration::ZERO, fallback)
+        };
         assert_eq!(at("/").remote_path(""), "/");
         assert_eq!(at("/").remote_path("a/b"), "/a/b");
         assert_eq!(at("/stage/").remote_path(""), "/stage");
@@ -347,5 +485,130 @@ mod tests {
         assert!(t.by_name(ROOT, "a").is_some() && t.missing_since(ROOT, "gone").is_some());
         drop(t);
         remote.faults().stall_lists.store(false, Ordering::SeqCst);
+    }
+
+    /// A cache over `remote` whose listings are saved in `dir` (another "mount" of the same
+    /// cache directory each call), online or offline.
+    fn mount_with_store(
+        remote: &Arc<FakeRemote>,
+        dir: &std::path::Path,
+        offline: bool,
+    ) -> (Arc<DirCache>, Arc<Mutex<Inodes>>, Arc<Stats>) {
+        let inodes = Arc::new(Mutex::new(Inodes::new()));
+        let stats = Arc::new(Stats::default());
+        let store = DirStore::open(dir, 16 << 20, "test:21", "anonymous").expect("listing store");
+        let link = if offline { Link::forced_offline(Arc::clone(&stats)) } else { Link::online(Arc::clone(&stats)) };
+        let fallback = Fallback { listings: Some(Arc::new(store)), link, stats: Arc::clone(&stats) };
+        let r: Arc<dyn Remote> = remote.clone();
+        (Arc::new(DirCache::new(r, Arc::clone(&inodes), "/", Duration::from_secs(60), fallback)), inodes, stats)
+    }
+
+    fn asked(remote: &FakeRemote) -> u64 {
+        remote.lists() + remote.stats()
+    }
+
+    #[test]
+    fn a_saved_listing_answers_the_next_mount_at_once_and_is_refreshed_from_the_server() {
+        let cache_dir = tempfile::tempdir().expect("tempdir");
+        let remote = Arc::new(FakeRemote::with_file("/a", vec![1]));
+        let (first, _, _) = mount_with_store(&remote, cache_dir.path(), false);
+        first.ensure_listing(ROOT).expect("listed");
+        remote.put("/b", vec![2]);
+        let (second, inodes, stats) = mount_with_store(&remote, cache_dir.path(), false);
+        second.load_saved(ROOT);
+        assert_eq!(names(&inodes, ROOT), ["a"], "the saved listing, before the server is asked");
+        assert!(inodes.lock().listing(ROOT).is_some_and(|l| l.fetched.is_none()), "and it is stale");
+        assert_eq!(stats.disk_listings.load(Ordering::Relaxed), 1);
+        second.ensure_listing(ROOT).expect("refreshed");
+        assert_eq!(names(&inodes, ROOT), ["a", "b"], "a prompt server's answer replaces it before ls sees it");
+        assert_eq!(remote.lists(), 2);
+    }
+
+    #[test]
+    fn offline_a_saved_listing_answers_without_the_server_and_an_unsaved_one_fails_with_enetunreach() {
+        let cache_dir = tempfile::tempdir().expect("tempdir");
+        let remote = Arc::new(FakeRemote::default());
+        remote.put("/d/f", vec![1]);
+        remote.put("/e/g", vec![2]);
+        let (online, inodes, _) = mount_with_store(&remote, cache_dir.path(), false);
+        online.ensure_listing(ROOT).expect("listed");
+        let d = inodes.lock().child(ROOT, "d").expect("d");
+        online.ensure_listing(d).expect("listed");
+        let before = asked(&remote);
+
+        let (offline, inodes, stats) = mount_with_store(&remote, cache_dir.path(), true);
+        offline.ensure_listing(ROOT).expect("the saved root listing");
+        assert_eq!(names(&inodes, ROOT), ["d", "e"]);
+        let (d, e) = {
+            let t = inodes.lock();
+            (t.child(ROOT, "d").expect("d"), t.child(ROOT, "e").expect("e"))
+        };
+        offline.ensure_listing(d).expect("the saved listing of d");
+        assert_eq!(names(&inodes, d), ["f"]);
+        let err = offline.ensure_listing(e).expect_err("e was never listed");
+        assert_eq!(err.errno(), libc::ENETUNREACH);
+        assert!(err.to_string().contains("the listing of \"/e\" is not cached"), "{err}");
+        assert_eq!(asked(&remote), before, "an offline mount never asks the server");
+        assert_eq!(stats.disk_listings.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn paths_found_by_stat_are_saved_and_found_offline_while_other_names_there_are_unknown() {
+        let cache_dir = tempfile::tempdir().expect("tempdir");
+        let remote = Arc::new(FakeRemote::default());
+        remote.put("/stage/req/x.fits", vec![1; 10]);
+        remote.put("/stage/req/y.fits", vec![1; 20]);
+        let (online, inodes, _) = mount_with_store(&remote, cache_dir.path(), false);
+        online.ensure_stat(ROOT, "stage").expect("stat");
+        let stage = inodes.lock().by_name(ROOT, "stage").expect("stage");
+        online.ensure_stat(stage, "req").expect("stat");
+        let req = inodes.lock().by_name(stage, "req").expect("req");
+        online.ensure_stat(req, "x.fits").expect("stat");
+        assert_eq!(remote.lists(), 0, "nothing was listed");
+
+        let (offline, inodes, _) = mount_with_store(&remote, cache_dir.path(), true);
+        offline.ensure_stat(ROOT, "stage").expect("saved");
+        let stage = inodes.lock().by_name(ROOT, "stage").expect("stage");
+        offline.ensure_stat(stage, "req").expect("saved");
+        let req = inodes.lock().by_name(stage, "req").expect("req");
+        offline.ensure_stat(req, "x.fits").expect("saved");
+        let x = {
+            let t = inodes.lock();
+            t.by_name(req, "x.fits").and_then(|i| t.get(i).map(|n| n.size))
+        };
+        assert_eq!(x, Some(10));
+        assert_eq!(offline.ensure_stat(req, "y.fits").err().map(|e| e.errno()), Some(libc::ENETUNREACH));
+        assert_eq!(
+            offline.ensure_listing(req).err().map(|e| e.errno()),
+            Some(libc::ENETUNREACH),
+            "names found one by one are not a listing"
+        );
+    }
+
+    #[test]
+    fn a_path_gone_from_the_server_is_dropped_from_its_saved_record() {
+        let cache_dir = tempfile::tempdir().expect("tempdir");
+        let remote = Arc::new(FakeRemote::default());
+        remote.put("/d/f", vec![1]);
+        remote.put("/d/g", vec![1]);
+        let (online, inodes, _) = mount_with_store(&remote, cache_dir.path(), false);
+        online.ensure_stat(ROOT, "d").expect("stat");
+        let d = inodes.lock().by_name(ROOT, "d").expect("d");
+        online.ensure_stat(d, "f").expect("stat");
+        online.ensure_stat(d, "g").expect("stat");
+        remote.remove("/d/f");
+        // Another mount, same cache: its stat of the saved (stale) f learns that f is gone.
+        let (again, inodes, _) = mount_with_store(&remote, cache_dir.path(), false);
+        again.ensure_stat(ROOT, "d").expect("stat");
+        let d = inodes.lock().by_name(ROOT, "d").expect("d");
+        again.ensure_stat(d, "f").expect("answered");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while inodes.lock().missing_since(d, "f").is_none() {
+            assert!(Instant::now() < deadline, "the refresh never landed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let store = DirStore::open(cache_dir.path(), 16 << 20, "test:21", "anonymous").expect("store");
+        let saved: Vec<String> = store.load("/d").expect("saved").entries.into_iter().map(|e| e.name).collect();
+        assert_eq!(saved, ["g"]);
     }
 }

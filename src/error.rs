@@ -35,6 +35,10 @@ pub enum RemoteError {
     /// A reply that makes no sense here (garbage, wrong code, out of step).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The mount is offline (the server was unreachable at mount time, or `--offline`) and
+    /// what was asked for is not in the cache: nobody asked the server. The text says why.
+    #[error("{0}")]
+    Offline(String),
 }
 
 impl RemoteError {
@@ -53,9 +57,11 @@ impl RemoteError {
             | RemoteError::Timeout(_)
             | RemoteError::TooManyConnections(_)
             | RemoteError::Protocol(_) => true,
-            RemoteError::Tls(_) | RemoteError::Login(_) | RemoteError::Unavailable(_) | RemoteError::Changed(_) => {
-                false
-            }
+            RemoteError::Tls(_)
+            | RemoteError::Login(_)
+            | RemoteError::Unavailable(_)
+            | RemoteError::Changed(_)
+            | RemoteError::Offline(_) => false,
         }
     }
 }
@@ -95,6 +101,8 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Remote(RemoteError::Unavailable(_)) => libc::EACCES,
             FsError::Remote(RemoteError::Changed(_)) => libc::ESTALE,
+            // "Network is unreachable" says what happened; EIO would read as a failing disk.
+            FsError::Remote(RemoteError::Offline(_)) => libc::ENETUNREACH,
             FsError::Remote(_) => libc::EIO,
         }
     }
@@ -116,5 +124,12 @@ mod tests {
         assert_eq!(FsError::from(reset).errno(), libc::EIO);
         assert_eq!(FsError::from(RemoteError::Timeout("RETR".into())).errno(), libc::EIO);
         assert_eq!(FsError::from(RemoteError::Changed("/f".into())).errno(), libc::ESTALE);
+    }
+
+    #[test]
+    fn what_an_offline_mount_has_not_cached_is_enetunreach_and_never_retried() {
+        let offline = RemoteError::Offline("offline (--offline): \"/f\" is not cached".into());
+        assert!(!offline.is_transient());
+        assert_eq!(FsError::from(offline).errno(), libc::ENETUNREACH);
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use crate::dircache::DirCache;
+use crate::dircache::{DirCache, Fallback};
 use crate::error::FsError;
 use crate::inode::{Inodes, Node, ROOT};
 use crate::read::{Data, FileId, OpenFile, ReadPath};
@@ -132,9 +132,17 @@ pub struct MastFs {
 }
 
 impl MastFs {
-    pub fn new(remote: Arc<dyn Remote>, store: Arc<ReadPath>, config: FsConfig, stats: Arc<Stats>) -> MastFs {
+    /// `fallback`: the listings saved on disk and whether the server may be asked (offline).
+    pub fn new(
+        remote: Arc<dyn Remote>,
+        store: Arc<ReadPath>,
+        config: FsConfig,
+        stats: Arc<Stats>,
+        fallback: Fallback,
+    ) -> MastFs {
         let inodes = Arc::new(Mutex::new(Inodes::new()));
-        let dirs = Arc::new(DirCache::new(Arc::clone(&remote), Arc::clone(&inodes), &config.root, config.ttl));
+        let dirs =
+            Arc::new(DirCache::new(Arc::clone(&remote), Arc::clone(&inodes), &config.root, config.ttl, fallback));
         MastFs {
             store,
             config,
@@ -204,6 +212,8 @@ impl MastFs {
         if parent == ROOT && name == STATS_NAME {
             return Ok(self.stats_attr());
         }
+        // What an earlier mount saved about `parent` decides between its listing and a stat.
+        self.dirs.load_saved(parent);
         let listed = {
             let inodes = self.inodes.lock();
             match inodes.get(parent) {
@@ -400,7 +410,8 @@ mod tests {
         let store = ReadPath::new(Arc::clone(&r), None, ReadConfig::default(), Arc::clone(&stats));
         let config =
             FsConfig { root: "/".into(), ttl, server: "test:21".into(), user: "anonymous".into(), uid: 0, gid: 0 };
-        MastFs::new(r, store, config, stats)
+        let fallback = Fallback::none(Arc::clone(&stats));
+        MastFs::new(r, store, config, stats, fallback)
     }
 
     fn name(s: &str) -> &OsStr {
@@ -698,5 +709,79 @@ mod tests {
             Some(libc::EIO),
             "nothing cached: an error, never an empty directory"
         );
+    }
+
+    /// A mount of `remote` whose blocks and listings are cached in `dir`, online or offline.
+    fn mount_cached(remote: &Arc<FakeRemote>, dir: &std::path::Path, offline: bool) -> MastFs {
+        let stats = Arc::new(Stats::default());
+        let r: Arc<dyn Remote> = remote.clone();
+        let link = if offline {
+            crate::online::Link::forced_offline(Arc::clone(&stats))
+        } else {
+            crate::online::Link::online(Arc::clone(&stats))
+        };
+        let r: Arc<dyn Remote> = Arc::new(crate::online::Gated::new(r, Arc::clone(&link)));
+        let disk = crate::read::BlockCache::open(dir, 64 << 20).expect("block cache");
+        let store = ReadPath::new(Arc::clone(&r), Some(disk), ReadConfig::default(), Arc::clone(&stats));
+        let listings = crate::dirstore::DirStore::open(dir, 4 << 20, "test:21", "anonymous").expect("listings");
+        let config = FsConfig {
+            root: "/".into(),
+            ttl: Duration::from_secs(60),
+            server: "test:21".into(),
+            user: "anonymous".into(),
+            uid: 0,
+            gid: 0,
+        };
+        let fallback = Fallback { listings: Some(Arc::new(listings)), link, stats: Arc::clone(&stats) };
+        MastFs::new(r, store, config, stats, fallback)
+    }
+
+    fn read_all(fs: &MastFs, ino: u64, size: u64) -> Result<Vec<u8>, FsError> {
+        let h = fs.open(ino, false)?;
+        let mut out = Vec::new();
+        while (out.len() as u64) < size {
+            let piece = fs.read(ino, h.fh, out.len() as u64, 128 << 10)?;
+            if piece.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&piece);
+        }
+        fs.release(h.fh);
+        Ok(out)
+    }
+
+    #[test]
+    fn an_offline_mount_lists_and_reads_what_an_earlier_mount_cached_and_fails_the_rest_with_enetunreach() {
+        let cache_dir = tempfile::tempdir().expect("tempdir");
+        let data = pattern(3 * (1 << 20) + 17, 9);
+        let remote = Arc::new(FakeRemote::default());
+        remote.put("/d/cached.bin", data.clone());
+        remote.put("/d/cold.bin", pattern(5000, 3));
+        remote.put("/d/sub/x", vec![1]);
+        {
+            let fs = mount_cached(&remote, cache_dir.path(), false);
+            let d = fs.lookup(ROOT, name("d")).expect("d").ino;
+            ls(&fs, d).expect("ls d");
+            let f = fs.lookup(d, name("cached.bin")).expect("cached.bin");
+            assert_eq!(read_all(&fs, f.ino, f.size).expect("read"), data);
+            fs.store().stop();
+        }
+        let before = (lists(&remote), stats(&remote), remote.opens());
+
+        let fs = mount_cached(&remote, cache_dir.path(), true);
+        let d = fs.lookup(ROOT, name("d")).expect("d, found by stat before").ino;
+        let mut names: Vec<String> = ls(&fs, d).expect("ls d").iter().map(|e| e.name.to_string()).collect();
+        names.sort();
+        assert_eq!(names, [".", "..", "cached.bin", "cold.bin", "sub"]);
+        let f = fs.lookup(d, name("cached.bin")).expect("cached.bin");
+        assert_eq!(read_all(&fs, f.ino, f.size).expect("cached blocks"), data, "the right bytes, from the cache");
+        let cold = fs.lookup(d, name("cold.bin")).expect("listed, so known");
+        assert_eq!(read_all(&fs, cold.ino, cold.size).err().map(|e| e.errno()), Some(libc::ENETUNREACH));
+        assert_eq!(fs.lookup(d, name("nope")).err().map(|e| e.errno()), Some(libc::ENOENT), "the listing says so");
+        let sub = fs.lookup(d, name("sub")).expect("sub").ino;
+        assert_eq!(ls(&fs, sub).err().map(|e| e.errno()), Some(libc::ENETUNREACH), "never listed");
+        assert_eq!(fs.lookup(ROOT, name("other")).err().map(|e| e.errno()), Some(libc::ENETUNREACH), "never asked");
+        assert_eq!((lists(&remote), stats(&remote), remote.opens()), before, "no server");
+        fs.store().stop();
     }
 }

@@ -5,6 +5,10 @@
 //! see a stable tree. Nodes are never freed: a mount holds one small record per path it has
 //! seen, which is what lets a cached directory answer `ls` while the server is down.
 //!
+//! A directory may also be filled from the listing kept on disk by an earlier mount
+//! ([`Inodes::adopt`]): its nodes and listing are then *stale*, never confirmed by the server in
+//! this mount, and are refreshed (or served as they are, offline) like expired ones.
+//!
 //! Attributes arrive two ways: from a listing of the parent, or from a `stat` of the one path
 //! (a lookup in a directory nobody listed). The same file must keep one identity (its size and
 //! time are the cache key), but a `LIST` line gives the time to the minute or the day while
@@ -16,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::dirstore::SavedDir;
 use crate::remote::{EntryKind, RemoteEntry};
 
 pub const ROOT: u64 = 1;
@@ -36,15 +41,17 @@ pub struct Node {
     pub mtime_precision: u32,
     pub perm: Option<u32>,
     pub link_target: Option<String>,
-    /// When the server last confirmed these attributes (a listing of the parent or a stat).
-    pub checked: Instant,
+    /// When the server last confirmed these attributes (a listing of the parent or a stat);
+    /// `None`: read from disk, not confirmed by the server in this mount.
+    pub checked: Option<Instant>,
 }
 
 #[derive(Debug)]
 pub struct DirListing {
     /// Entries in server order: (name, inode). Shared with open directory handles.
     pub entries: Arc<[(Arc<str>, u64)]>,
-    pub fetched: Instant,
+    /// When the server sent it; `None`: read from disk, not confirmed in this mount.
+    pub fetched: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -75,7 +82,7 @@ impl Inodes {
             mtime_precision: 1,
             perm: Some(0o755),
             link_target: None,
-            checked: Instant::now(),
+            checked: Some(Instant::now()),
         };
         Inodes {
             nodes: HashMap::from([(ROOT, root)]),
@@ -124,7 +131,7 @@ impl Inodes {
             mtime_precision,
             perm: e.perm,
             link_target: e.link_target,
-            checked: now,
+            checked: Some(now),
         };
         self.nodes.insert(ino, node);
         Some(ino)
@@ -142,7 +149,68 @@ impl Inodes {
         }
         // The listing now answers every lookup in this directory, misses included.
         self.missing.retain(|(parent, _), _| *parent != dir);
-        self.dirs.insert(dir, DirListing { entries: listed.into(), fetched: now });
+        self.dirs.insert(dir, DirListing { entries: listed.into(), fetched: Some(now) });
+    }
+
+    /// Fills directory `dir` from what an earlier mount saved: every entry this mount knows
+    /// nothing about yet becomes a stale node (a node the server described in this mount is
+    /// fresher and stays), and a complete record becomes the directory's stale listing unless
+    /// it has one already.
+    pub fn adopt(&mut self, dir: u64, saved: SavedDir) {
+        let mut listed = Vec::with_capacity(saved.entries.len());
+        for e in saved.entries {
+            let Some(path) = self.child_path(dir, &e.name) else { return };
+            let name: Arc<str> = Arc::from(e.name.as_str());
+            let known = self.by_path.get(&path).copied().filter(|ino| self.nodes.contains_key(ino));
+            let ino = match known {
+                Some(ino) => ino,
+                None => {
+                    let ino = self.next;
+                    self.next += 1;
+                    self.by_path.insert(path.clone(), ino);
+                    let node = Node {
+                        parent: dir,
+                        path,
+                        kind: e.kind,
+                        size: e.size,
+                        mtime: e.mtime,
+                        mtime_precision: e.mtime_precision,
+                        perm: e.perm,
+                        link_target: e.link_target,
+                        checked: None,
+                    };
+                    self.nodes.insert(ino, node);
+                    ino
+                }
+            };
+            listed.push((name, ino));
+        }
+        if saved.complete && !self.dirs.contains_key(&dir) {
+            self.dirs.insert(dir, DirListing { entries: listed.into(), fetched: None });
+        }
+    }
+
+    /// The listing of `dir` as it is saved to disk: the nodes as this mount holds them, so a
+    /// time kept at a finer precision than the listing gave (see [`kept_time`]) is saved too,
+    /// and with it the identity the block cache knows the file by.
+    pub fn saved_listing(&self, dir: u64) -> Option<SavedDir> {
+        let listing = self.dirs.get(&dir)?;
+        let entries = listing.entries.iter().filter_map(|(name, ino)| self.saved_entry(*ino, name)).collect();
+        Some(SavedDir { complete: true, entries })
+    }
+
+    /// Node `ino` as a saved entry named `name`.
+    pub fn saved_entry(&self, ino: u64, name: &str) -> Option<RemoteEntry> {
+        let n = self.nodes.get(&ino)?;
+        Some(RemoteEntry {
+            name: name.to_string(),
+            kind: n.kind,
+            size: n.size,
+            mtime: n.mtime,
+            mtime_precision: n.mtime_precision,
+            perm: n.perm,
+            link_target: n.link_target.clone(),
+        })
     }
 
     /// Records the answer to a `stat` of `name` in `dir`: its inode, or `None` for a path the
@@ -298,6 +366,52 @@ mod tests {
         assert!(t.missing_since(ROOT, "other").is_none());
         t.store_stat(ROOT, "gone", Some(entry("gone", EntryKind::File, 1)), TTL);
         assert!(t.missing_since(ROOT, "gone").is_none(), "found since");
+    }
+
+    #[test]
+    fn an_adopted_complete_listing_is_stale_and_answers_lookups() {
+        let mut t = Inodes::new();
+        let saved =
+            SavedDir { complete: true, entries: vec![entry("sub", EntryKind::Dir, 0), timed("a.fits", 7, 45_296, 1)] };
+        t.adopt(ROOT, saved);
+        let listing = t.listing(ROOT).expect("a listing");
+        assert!(listing.fetched.is_none(), "never confirmed by the server in this mount");
+        let a = t.child(ROOT, "a.fits").expect("listed");
+        assert_eq!(time_of(&t, a), (45_296, 1));
+        assert!(t.get(a).is_some_and(|n| n.checked.is_none()));
+        let sub = t.child(ROOT, "sub").expect("listed");
+        assert_eq!(t.get(sub).map(|n| (n.kind, n.path.as_str())), Some((EntryKind::Dir, "sub")));
+        assert_eq!(t.child(ROOT, "b.fits"), None, "a complete listing answers misses too");
+    }
+
+    #[test]
+    fn an_adopted_partial_record_gives_nodes_but_no_listing_and_never_replaces_fresher_ones() {
+        let mut t = Inodes::new();
+        let fresh = t.store_stat(ROOT, "req1", Some(entry("req1", EntryKind::Dir, 0)), TTL).expect("stored");
+        let saved = SavedDir {
+            complete: false,
+            entries: vec![entry("req1", EntryKind::File, 99), entry("req2", EntryKind::Dir, 0)],
+        };
+        t.adopt(ROOT, saved);
+        assert!(t.listing(ROOT).is_none(), "names it lacks are unknown, not missing");
+        assert_eq!(t.get(fresh).map(|n| (n.kind, n.checked.is_some())), Some((EntryKind::Dir, true)));
+        let req2 = t.by_name(ROOT, "req2").expect("adopted");
+        assert!(t.get(req2).is_some_and(|n| n.checked.is_none()));
+    }
+
+    #[test]
+    fn the_saved_form_of_a_listing_keeps_the_finer_time_of_an_earlier_stat() {
+        let mut t = Inodes::new();
+        t.store_stat(ROOT, "f", Some(timed("f", 7, 45_296, 1)), TTL);
+        t.store_listing(ROOT, vec![timed("f", 7, 45_240, 60), entry("d", EntryKind::Dir, 0)]);
+        let saved = t.saved_listing(ROOT).expect("listed");
+        assert!(saved.complete);
+        let f = saved.entries.iter().find(|e| e.name == "f").expect("f");
+        assert_eq!((f.mtime, f.mtime_precision), (SystemTime::UNIX_EPOCH + Duration::from_secs(45_296), 1));
+        let mut again = Inodes::new();
+        again.adopt(ROOT, saved);
+        let f = again.child(ROOT, "f").expect("f");
+        assert_eq!(time_of(&again, f), (45_296, 1), "the same identity in the next mount");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod credentials;
 mod dircache;
+mod dirstore;
 mod error;
 #[cfg(test)]
 mod fake;
@@ -16,6 +17,7 @@ mod listing;
 mod manpage;
 mod mount;
 mod mount_opts;
+mod online;
 mod read;
 mod remote;
 mod stats;

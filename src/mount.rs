@@ -9,11 +9,14 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::cli::{MountArgs, TlsMax};
 use crate::config::{Secret, parse_size};
+use crate::dircache::Fallback;
+use crate::dirstore::DirStore;
 use crate::fs::{FsConfig, MastFs};
 use crate::ftp::tls::{TlsOptions, base_config};
 use crate::ftp::{Endpoint, FtpsRemote, Pool};
 use crate::fuse::FuseAdapter;
 use crate::mount_opts::{self, FuseOpt, MountOpt};
+use crate::online::{self, Gated, Link};
 use crate::read::{BlockCache, ReadConfig, ReadPath};
 use crate::remote::Remote;
 use crate::stats::Stats;
@@ -62,6 +65,9 @@ pub fn prepare(args: MountArgs) -> Result<Prepared, String> {
         return Err("--insecure and --ca-file contradict each other".into());
     }
     let cache_size = parse_size(&args.cache_size)?;
+    if args.offline && cache_size == 0 {
+        return Err("--offline serves only the cache, and --cache-size 0 disables it".into());
+    }
     let (mount_options, acl) = parse_mount_options(&args.options, &fsname(&args))?;
     let (user, password) = match &args.user {
         Some(u) if u != "anonymous" && u != "ftp" => {
@@ -150,10 +156,19 @@ pub struct Built {
     pub adapter: FuseAdapter,
     pub store: Arc<ReadPath>,
     pub config: Config,
+    /// Set when the mount starts offline: what to tell the user, loudly.
+    pub offline: Option<String>,
 }
 
-/// Logs in, checks the root listing and builds the file system. Runs in the daemon (after
-/// fork), so threads are fine from here on.
+/// The share of `--cache-size` kept for directory listings: a sixteenth, at most 256 MiB.
+/// Listings are small (about 60 bytes an entry) but let every cached block be found offline.
+pub fn listing_budget(cache_size: u64) -> u64 {
+    (cache_size / 16).min(256 << 20)
+}
+
+/// Logs in, checks the root listing and builds the file system; or, when the server cannot be
+/// reached and the cache holds the root's listing (or with `--offline`), builds it offline.
+/// Runs in the daemon (after fork), so threads are fine from here on.
 pub fn build(p: &Prepared) -> Result<Built, String> {
     let a = &p.args;
     let port = a.port.unwrap_or(if a.implicit { 990 } else { 21 });
@@ -176,37 +191,79 @@ pub fn build(p: &Prepared) -> Result<Built, String> {
     };
     let connections = usize::from(a.connections);
     let pool = Pool::new(endpoint, tls, connections, Arc::clone(&stats));
+    let probe_pool = Arc::clone(&pool);
     let remote = FtpsRemote::new(pool, Arc::clone(&stats));
     let root = normalize_root(&a.root);
-    remote.check(&root).map_err(|e| explain(&e, &a.host, port))?;
+    let server = format!("{}:{port}", a.host.to_ascii_lowercase());
 
-    let disk = if p.cache_size == 0 {
-        None
+    let (disk, listings) = if p.cache_size == 0 {
+        (None, None)
     } else {
-        match BlockCache::open(&p.cache_dir, p.cache_size) {
+        let for_listings = listing_budget(p.cache_size);
+        let blocks = match BlockCache::open(&p.cache_dir, p.cache_size - for_listings) {
             Ok(c) => Some(c),
             Err(e) => {
                 log::warn!("block cache at {} unusable ({e}); reading uncached", p.cache_dir.display());
                 None
             }
+        };
+        let listings = match DirStore::open(&p.cache_dir, for_listings, &server, &p.user) {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                log::warn!(
+                    "listing cache at {} unusable ({e}); nothing will be available offline",
+                    p.cache_dir.display()
+                );
+                None
+            }
+        };
+        (blocks, listings)
+    };
+
+    let root_cached = || listings.as_ref().is_some_and(|l| l.load(&root).is_some());
+    let (link, offline) = if a.offline {
+        let link = Link::forced_offline(Arc::clone(&stats));
+        let nothing = if root_cached() { "" } else { " Nothing of this server's root is cached yet." };
+        let message = format!(
+            "OFFLINE (--offline): no connection to {} will be made; serving only what the cache holds, \
+             anything else fails with \"Network is unreachable\".{nothing}",
+            a.host
+        );
+        (link, Some(message))
+    } else {
+        match remote.check(&root) {
+            Ok(()) => (Link::online(Arc::clone(&stats)), None),
+            Err(e) if online::unreachable(&e) => {
+                let why = explain(&e, &a.host, port);
+                if !root_cached() {
+                    return Err(format!("{why} (and nothing of it is cached for offline use)"));
+                }
+                let link = Link::unreachable(&format!("{}:{port}", a.host), Arc::clone(&stats));
+                link.start_prober(format!("{}:{port}", a.host), online::SCHEDULE, move || probe_pool.probe_login());
+                let s = online::SCHEDULE;
+                let message = format!(
+                    "OFFLINE: {why}. Serving only what the cache holds; anything else fails with \
+                     \"Network is unreachable\". The mount goes online by itself once the server answers \
+                     (tried after {}s, then at most every {}s, and within {}s of a request that needs it).",
+                    s.first.as_secs(),
+                    s.max.as_secs(),
+                    s.min_gap.as_secs()
+                );
+                (link, Some(message))
+            }
+            Err(e) => return Err(explain(&e, &a.host, port)),
         }
     };
-    let remote: Arc<dyn Remote> = Arc::new(remote);
+    let remote: Arc<dyn Remote> = Arc::new(Gated::new(Arc::new(remote), Arc::clone(&link)));
     let store =
         ReadPath::new(Arc::clone(&remote), disk, ReadConfig { timeout, ..ReadConfig::default() }, Arc::clone(&stats));
     let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
     let fs = MastFs::new(
         remote,
         Arc::clone(&store),
-        FsConfig {
-            root,
-            ttl: Duration::from_secs(a.dir_cache_time),
-            server: format!("{}:{port}", a.host.to_ascii_lowercase()),
-            user: p.user.clone(),
-            uid,
-            gid,
-        },
-        stats,
+        FsConfig { root, ttl: Duration::from_secs(a.dir_cache_time), server, user: p.user.clone(), uid, gid },
+        Arc::clone(&stats),
+        Fallback { listings, link, stats },
     );
     let mut config = Config::default();
     config.mount_options = p.mount_options.clone();
@@ -215,7 +272,7 @@ pub fn build(p: &Prepared) -> Result<Built, String> {
     // several readers wait on the network.
     config.n_threads = Some((connections * 2).clamp(8, 64));
     config.clone_fd = true;
-    Ok(Built { adapter: FuseAdapter::new(fs), store, config })
+    Ok(Built { adapter: FuseAdapter::new(fs), store, config, offline })
 }
 
 fn normalize_root(root: &str) -> String {

@@ -45,6 +45,8 @@ counters! {
     armed: "Data connections opened ahead on idle connections (PASV answered, TCP connected).",
     stale_arms: "Data connections opened ahead that the server had closed by the time a request took them.",
     link_bytes: "Bytes received on data connections as TCP counted them (TLS included): what crossed the link.",
+    disk_listings: "Directory listings read from the disk cache instead of the server.",
+    offline: "1 while the mount is offline (serving only what the cache holds), else 0.",
 }
 
 impl Stats {

@@ -20,6 +20,8 @@ use crate::fs::STATS_NAME;
 enum Unit {
     Bytes,
     Count,
+    /// A state, not a counter: 1 is yes, 0 no; it has no rate.
+    Flag,
 }
 
 /// A counter this version knows: its name in the stats file, its label, its unit, its group.
@@ -49,6 +51,8 @@ const KNOWN: &[Known] = &[
     known("retrs", "transfers (RETR)", Unit::Count, SERVER),
     known("aborts", "transfers ended early", Unit::Count, SERVER),
     known("listings", "directory listings", Unit::Count, SERVER),
+    known("disk_listings", "listings from the cache", Unit::Count, SERVER),
+    known("offline", "offline (serving the cache only)", Unit::Flag, SERVER),
     known("logins", "logins", Unit::Count, SERVER),
     known("reconnects", "reconnects", Unit::Count, SERVER),
     known("retries", "retries", Unit::Count, SERVER),
@@ -196,14 +200,15 @@ fn count(n: u64) -> String {
 fn rate_text(unit: Unit, per_sec: f64) -> String {
     match unit {
         Unit::Bytes => format!("{}/s", bytes(per_sec)),
-        Unit::Count => format!("{per_sec:.1}/s"),
+        Unit::Count | Unit::Flag => format!("{per_sec:.1}/s"),
     }
 }
 
 /// The report for people: grouped, labelled, in human units; rates when `earlier` is given.
 fn render_text(mount: &MountEntry, now: &Sample, earlier: Option<&Sample>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} on {}", mount.source, mount.mountpoint.display());
+    let offline = if now.get("offline").is_some_and(|v| v > 0) { "   OFFLINE: serving the cache only" } else { "" };
+    let _ = writeln!(out, "{} on {}{offline}", mount.source, mount.mountpoint.display());
     let line = |out: &mut String, label: &str, value: String, rate: Option<String>| {
         let _ = match rate {
             Some(r) => writeln!(out, "  {label:<32} {value:>12}   {r:>12}"),
@@ -225,8 +230,10 @@ fn render_text(mount: &MountEntry, now: &Sample, earlier: Option<&Sample>) -> St
         let value = match k.unit {
             Unit::Bytes => bytes(v as f64),
             Unit::Count => count(v),
+            Unit::Flag => (if v > 0 { "yes" } else { "no" }).to_string(),
         };
-        let rate = earlier.and_then(|e| now.rate(e, k.name)).map(|r| rate_text(k.unit, r));
+        let rate =
+            earlier.filter(|_| k.unit != Unit::Flag).and_then(|e| now.rate(e, k.name)).map(|r| rate_text(k.unit, r));
         line(&mut out, k.label, value, rate);
     }
     let others: Vec<&(String, u64)> = now.counters.iter().filter(|(n, _)| !KNOWN.iter().any(|k| k.name == n)).collect();
@@ -377,6 +384,19 @@ mod tests {
         assert!(!render_text(&mount(), &now, None).contains("ratio"));
         let json = render_json(&mount(), &now, None);
         assert_eq!(json["hit_ratio"], Value::Null);
+    }
+
+    #[test]
+    fn an_offline_mount_says_so_at_the_top_and_its_state_has_no_rate() {
+        let t0 = Instant::now();
+        let before = sample_of("net_bytes 0\noffline 1\n", t0);
+        let after = sample_of("net_bytes 0\noffline 1\n", t0 + Duration::from_secs(2));
+        let text = render_text(&mount(), &after, Some(&before));
+        assert!(text.lines().next().is_some_and(|l| l.contains("OFFLINE")), "{text}");
+        let state = text.lines().find(|l| l.contains("offline (serving the cache only)")).expect("the state line");
+        assert!(state.trim_end().ends_with("yes") && !state.contains("/s"), "{state}");
+        let online = render_text(&mount(), &sample_of("offline 0\n", t0), None);
+        assert!(!online.contains("OFFLINE") && online.contains(" no"), "{online}");
     }
 
     #[test]

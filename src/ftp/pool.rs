@@ -231,6 +231,14 @@ impl Pool {
         }
     }
 
+    /// Logs in on a connection of its own and closes it again: how an offline mount learns
+    /// that the server answers once more (the pool's connections died with it).
+    pub fn probe_login(&self) -> Result<(), RemoteError> {
+        let conn = self.open(Instant::now() + self.endpoint.timeout)?;
+        conn.quit();
+        Ok(())
+    }
+
     fn open(&self, deadline: Instant) -> Result<Conn, RemoteError> {
         let flights = Flights::new(Arc::clone(&self.stats));
         let session = login(&self.endpoint, &self.tls, &self.kx, &flights, deadline)?;

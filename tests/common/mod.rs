@@ -245,6 +245,7 @@ pub struct ServerBuilder {
     tls_max_12: bool,
     pasv_range: Option<(u16, u16)>,
     overlong_name: bool,
+    workdir: Option<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -309,6 +310,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Keep the server's files (certificates, logs) in `dir`, which outlives the server. A
+    /// server started again on the same `dir` keeps its CA and certificate, so a mount that
+    /// trusts the first one can follow the restart.
+    pub fn workdir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.workdir = Some(dir.into());
+        self
+    }
+
     /// Start the server; panics (with the server's stderr) if it does not come up.
     pub fn start(self) -> Server {
         let scratch = tempfile::Builder::new()
@@ -358,6 +367,9 @@ impl ServerBuilder {
         }
         if self.overlong_name {
             cmd.arg("--overlong-name");
+        }
+        if let Some(dir) = &self.workdir {
+            cmd.arg("--workdir").arg(dir);
         }
         // stdin stays open while the Server lives: if the test process dies
         // without running Drop, the script sees EOF and stops its server.
@@ -478,6 +490,7 @@ impl Server {
             tls_max_12: false,
             pasv_range: None,
             overlong_name: false,
+            workdir: None,
         }
     }
 
