@@ -366,6 +366,13 @@ impl Fetcher {
         for s in ended {
             self.finish(&s, s.start);
         }
+        // A fetch thread offers the block it was filling to the cache writer as it ends; the
+        // writer stops right after this, so wait for them (a transfer stuck in a read gives up
+        // within the timeout; unmounting does not wait longer than that).
+        let until = Instant::now() + self.timeout.min(Duration::from_secs(10));
+        while self.state.lock().running > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Stops everything (unmount): queued streams end, running ones close.
