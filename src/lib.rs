@@ -3,6 +3,7 @@
 mod app;
 mod blocks;
 mod cache;
+mod check;
 mod cli;
 mod config;
 mod credentials;
