@@ -383,8 +383,13 @@ impl<'a> Walk<'a> {
         } else {
             Vec::new()
         };
-        let words: Vec<String> =
-            features.iter().filter_map(|f| f.split_whitespace().next()).map(str::to_ascii_uppercase).collect();
+        // Each feature's word once (`AUTH TLS` and `AUTH SSL` are both `AUTH`).
+        let mut words: Vec<String> = Vec::new();
+        for word in features.iter().filter_map(|f| f.split_whitespace().next()).map(str::to_ascii_uppercase) {
+            if !words.contains(&word) {
+                words.push(word);
+            }
+        }
         let has = |w: &str| words.iter().any(|x| x == w);
         let mlsd = has("MLST") || has("MLSD");
         self.dialect = if mlsd { Dialect::Mlsd } else { Dialect::List };
