@@ -467,6 +467,23 @@ fn a_passive_port_a_firewall_rejects_is_named_the_same_way_for_epsv() {
     assert!(fixes(failure).starts_with("try without --epsv"), "{r:#}");
 }
 
+#[test]
+fn a_control_port_a_firewall_drops_is_an_unreachable_host_after_the_timeout() {
+    if !require_server(Kind::Vsftpd) || !require_program("nft") || !require_program("ip") {
+        return;
+    }
+    let (out, r) = in_private_network(|| {
+        let server = Server::start(Kind::Vsftpd);
+        firewall((server.port, server.port), "drop");
+        let out = check(&server, &["--timeout", "2", "--json"]);
+        let r = report(&out);
+        (out, r)
+    });
+    let failure = failed_with(&out, &r, "connect", "host_unreachable");
+    assert!(failure["cause"].as_str().is_some_and(|c| c.contains("firewall")), "{r:#}");
+    assert!(fixes(failure).contains("--port"), "{r:#}");
+}
+
 // ------------------------------------------------------------------ the command line
 
 #[test]
