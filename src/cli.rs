@@ -79,6 +79,9 @@ pub enum Command {
     /// Show what a mount fetched and served: bytes from the network and from the cache, hit
     /// ratio, round trips, reconnects, errors
     Stats(StatsArgs),
+    /// Check the connection a mount would make, step by step (connect, TLS, login, listing,
+    /// data connection), and say what to change when a step fails
+    Check(crate::check::CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_long_help = COMPLETIONS_AFTER_HELP)]
     Completions {
@@ -340,8 +343,8 @@ pub fn try_parse_from(args: impl IntoIterator<Item = impl Into<OsString>>) -> Re
         argv.insert(1, "mount".into());
     }
     let mut matches = cmd.try_get_matches_from_mut(argv.clone())?;
-    if let Some(("mount", m)) = matches.subcommand() {
-        let flags = settings_as_flags(&mut cmd, m)?;
+    if let Some((sub @ ("mount" | "check"), m)) = matches.subcommand() {
+        let flags = settings_as_flags(&mut cmd, sub, m)?;
         if !flags.is_empty() {
             // Before a `--`, so they stay flags.
             let at = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
@@ -375,18 +378,25 @@ fn is_mount_helper_form(cmd: &clap::Command, argv: &[OsString]) -> bool {
 }
 
 /// The `-o` items that stand for flags, as those flags (`port=990` becomes `--port=990`).
-fn settings_as_flags(cmd: &mut clap::Command, m: &ArgMatches) -> Result<Vec<OsString>, clap::Error> {
+/// `mastfs check` takes the mount options too; those it has no flag for (the cache, the
+/// daemon) do not concern a connection and are left out.
+fn settings_as_flags(cmd: &mut clap::Command, sub: &str, m: &ArgMatches) -> Result<Vec<OsString>, clap::Error> {
+    let longs: Vec<String> = cmd
+        .find_subcommand(sub)
+        .map(|s| s.get_arguments().filter_map(|a| a.get_long()).map(str::to_string).collect())
+        .unwrap_or_default();
     let mut flags = Vec::new();
     let options: Vec<&String> = m.get_many::<String>("options").map(|v| v.collect()).unwrap_or_default();
     for item in options.iter().flat_map(|o| mount_opts::split(o)) {
         match mount_opts::classify(&item) {
+            MountOpt::Setting { flag, .. } if !longs.contains(&flag) => {}
             MountOpt::Setting { flag, value: Some(v) } => flags.push(format!("--{flag}={v}").into()),
             MountOpt::Setting { flag, value: None } => flags.push(format!("--{flag}").into()),
             MountOpt::Fuse(_) | MountOpt::System => {}
             MountOpt::Unknown => {
                 return Err(cmd.error(
                     ErrorKind::InvalidValue,
-                    format!("unknown mount option -o {item} (see 'mastfs mount --help')"),
+                    format!("unknown mount option -o {item} (see 'mastfs {sub} --help')"),
                 ));
             }
         }

@@ -18,9 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use zeroize::Zeroizing;
+
 use super::tls::TlsWire;
 use super::watchdog::{self, Armed};
 use super::wire::Wire;
+use crate::config::Secret;
 use crate::error::RemoteError;
 
 /// A reply larger than this (all its lines) is garbage, not a reply.
@@ -122,7 +125,22 @@ impl<T: Transport> Control<T> {
             out.extend_from_slice(command.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        let written = self.io.write_all(&out).and_then(|()| self.io.flush());
+        self.write_out(&out)
+    }
+
+    /// Sends `PASS` with the password. Unlike `send`, its log line never shows the password,
+    /// and the bytes that held it are wiped.
+    pub(crate) fn send_password(&mut self, password: &Secret) -> Result<(), RemoteError> {
+        if password.expose().bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            return Err(RemoteError::Login("the password holds a line break or NUL; it cannot be sent".into()));
+        }
+        log::debug!("-> PASS (not shown)");
+        let line = Zeroizing::new(format!("PASS {}\r\n", password.expose()));
+        self.write_out(line.as_bytes())
+    }
+
+    fn write_out(&mut self, out: &[u8]) -> Result<(), RemoteError> {
+        let written = self.io.write_all(out).and_then(|()| self.io.flush());
         written.map_err(|e| {
             let e = self.timed(io_error(e, "sending commands"), "sending commands");
             self.fail(e)
@@ -400,6 +418,15 @@ mod tests {
         assert!(matches!(err, RemoteError::Protocol(_)));
         c.send(&["NOOP"]).expect("send");
         assert_eq!(server.join().expect("server"), b"NOOP\r\n");
+    }
+
+    #[test]
+    fn a_password_goes_out_as_pass_and_one_holding_a_line_break_never_does() {
+        let (mut c, server) = scripted(b"230 ok\r\n");
+        let err = c.send_password(&Secret::new("pw\r\nDELE /f".into())).expect_err("refused");
+        assert!(!err.to_string().contains("pw"), "the error shows the password: {err}");
+        c.send_password(&Secret::new("s3cret pass;word".into())).expect("send");
+        assert_eq!(server.join().expect("server"), b"PASS s3cret pass;word\r\n");
     }
 
     #[test]

@@ -44,6 +44,14 @@ use crate::stats::Stats;
 pub use login::Endpoint;
 pub use pool::Pool;
 
+/// The pieces `mastfs check` (`crate::check`) drives one step at a time, so that it speaks
+/// to the server as a mount does: the same reply reader, sockets and passive-port rule.
+pub(crate) mod parts {
+    pub(crate) use super::control::{Control, Reply, Transport};
+    pub(crate) use super::data::{passive_address, passive_command};
+    pub(crate) use super::wire::{Flights, Wire};
+}
+
 pub struct FtpsRemote {
     pool: Arc<Pool>,
     stats: Arc<Stats>,

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
+    WebPkiServerVerifier,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -43,19 +44,27 @@ pub fn base_config(opts: &TlsOptions) -> Result<ClientConfig, RemoteError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] =
         if opts.tls12_only { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13, &rustls::version::TLS12] };
-    let builder = ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| RemoteError::Tls(format!("TLS setup: {e}")))?;
-    let config = if opts.insecure {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnything(provider))).with_no_client_auth()
-    } else {
-        let roots = match &opts.ca_file {
-            Some(path) => roots_from_file(path)?,
-            None => system_roots()?,
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
+    Ok(builder.dangerous().with_custom_certificate_verifier(verifier(opts)?).with_no_client_auth())
+}
+
+/// How a server's certificate is checked: against `--ca-file` or the system's roots, or not
+/// at all with `--insecure`. `mastfs check` wraps it to show the certificate it checked.
+pub fn verifier(opts: &TlsOptions) -> Result<Arc<dyn ServerCertVerifier>, RemoteError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if opts.insecure {
+        return Ok(Arc::new(AcceptAnything(provider)));
+    }
+    let roots = match &opts.ca_file {
+        Some(path) => roots_from_file(path)?,
+        None => system_roots()?,
     };
-    Ok(config)
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| RemoteError::Tls(format!("TLS setup: {e}")))?;
+    Ok(verifier)
 }
 
 /// The key-exchange group the server chose, learnt from the first TLS 1.3 handshake of any
