@@ -149,14 +149,13 @@ fn copy_with(kind: Kind, connections: u64, size: u64) {
     assert_eq!(stat_value(&mount, "resumed"), 0);
     assert_eq!(stat_value(&mount, "planned_ends"), fetches - 1, "every transfer ends where the next begins");
     assert_eq!(stat_value(&mount, "fetched_bytes"), size, "every byte fetched once");
-    // The server's view: one RETR per transfer, and only the last one runs to the end of the
-    // file (the others end early, at their stripe's end).
+    // The server's view: one RETR per transfer, and the last one runs to the end of the file.
+    // On loopback a stripe closed at its end can still be logged complete: the server may
+    // have written the rest of the file into the socket buffers (megabytes here) before it
+    // noticed the close, so the log cannot tell stripe ends apart; the counters above do.
     let t = transfers_when(&server, fetches as usize);
     assert_eq!(t.len() as u64, fetches, "{t:?}");
-    if kind != Kind::PureFtpd {
-        // pure-ftpd logs every transfer as complete.
-        assert_eq!(t.iter().filter(|x| x.complete).count(), 1, "{t:?}");
-    }
+    assert!(t.iter().any(|x| x.complete), "{t:?}");
 }
 
 #[test]
