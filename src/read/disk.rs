@@ -19,9 +19,21 @@
 //! size, every checksum): a torn write, a bit flip, a truncated file or a file copied over
 //! another is detected, deleted and reported as a miss, never returned.
 //!
+//! Each per-file directory also holds `id`, the file's identity (server, user, path, size,
+//! mtime; never a password), written at the file's first put, so that `mastfs cache` can say
+//! which host and path a block belongs to: `magic 8 | version 4 | size 8 | mtime 8 | then
+//! server, user, path each as length u32 + UTF-8 | crc32(all before) 4`. It needs no key of its
+//! own: the SHA-256 of what it says must be the directory's name. Blocks written before it
+//! existed have none (they are "unknown" to `mastfs cache du`); the next put to that file adds it.
+//!
 //! The in-memory LRU index is a hint, not the truth: the disk is. Another mount may share the
 //! directory and delete or add blocks behind our back, so a load always validates what it
 //! reads, treats a vanished file as a miss and adopts a valid file the index did not know.
+//!
+//! `mastfs cache clear|verify` delete files behind a mount's back, then touch the cache
+//! directory's clear stamp (`cache_admin::ClearWatch`); a put that sees the stamp change (checked
+//! at most once a second) rescans the disk and drops from the index what is gone, so the mount's
+//! disk usage stays true and it does not evict live blocks to make room taken by nothing.
 //!
 //! Threads: FUSE threads load blocks, the cache writer thread stores them, fetch threads ask
 //! `probe`. Locking: one mutex guards the index, held only to update it; file I/O (reads,
@@ -42,6 +54,7 @@ use sha2::{Digest, Sha256};
 
 use super::BLOCK_SIZE;
 use super::block::RangeSet;
+use crate::cache_admin::{ClearWatch, Verdict};
 
 /// Version of the `FileId::key` encoding. Changing it orphans all existing blocks (they age out by LRU).
 const KEY_FORMAT_VERSION: u32 = 1;
@@ -56,6 +69,10 @@ const EXTENT_LEN: usize = 12;
 /// A block fragmented into more pieces than this is not worth a table; it is not stored.
 pub(crate) const MAX_EXTENTS: usize = 64;
 const BLOCK_EXT: &str = "blk";
+/// The identity record in each per-file directory.
+const ID_FILE: &str = "id";
+const ID_MAGIC: [u8; 8] = *b"MSTFSFID";
+const ID_FORMAT_VERSION: u32 = 1;
 const TMP_MARKER: &str = ".tmp.";
 /// A temp file older than this cannot belong to a put still in flight, even if its pid now
 /// names a live (reused) process.
@@ -158,6 +175,7 @@ pub(crate) struct BlockCache {
     corrupt: AtomicU64,
     evictions: AtomicU64,
     write_errors: AtomicU64,
+    cleared: ClearWatch,
 }
 
 /// Length of block `index` of a file of `size` bytes, or None past the end.
@@ -194,6 +212,8 @@ impl BlockCache {
             }
         }
 
+        // Before the scan: a clear during it is then seen by the first put.
+        let cleared = ClearWatch::new(dir);
         let mut found = scan(&root)?;
         // Oldest first, so that pushing in order leaves the most recently used at the front of the LRU.
         found.sort_by(|a, b| a.last_use.cmp(&b.last_use).then_with(|| a.key.cmp(&b.key)));
@@ -204,6 +224,7 @@ impl BlockCache {
             lru.put(f.key, f.size);
         }
         let cache = BlockCache {
+            cleared,
             root,
             capacity,
             index: Mutex::new(Index { lru, used, reserved: 0 }),
@@ -313,6 +334,9 @@ impl BlockCache {
         }
         let key = id.key();
         let bk = (key, index);
+        if self.cleared.changed() {
+            self.resync();
+        }
 
         let victims = {
             let mut ix = self.lock();
@@ -321,7 +345,7 @@ impl BlockCache {
         };
         self.remove_victims(victims);
 
-        let result = self.write_block(&key, index, len, extents);
+        let result = self.write_block(id, &key, index, len, extents);
 
         let victims = {
             let mut ix = self.lock();
@@ -381,7 +405,52 @@ impl BlockCache {
         }
     }
 
-    fn write_block(&self, key: &[u8; 32], index: u64, len: u64, extents: &[(usize, &[u8])]) -> io::Result<()> {
+    /// Makes the index agree with the disk after files were deleted behind its back: drops the
+    /// blocks that are gone, keeping the order of the rest, and adopts (as least recently used)
+    /// those it did not know. Only readdir and metadata; the index lock is held only to swap.
+    fn resync(&self) {
+        let found = match scan(&self.root) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("cache: cannot rescan {} after a clear: {e}", self.root.display());
+                return;
+            }
+        };
+        let mut on_disk: std::collections::HashMap<BlockKey, Found> = found.into_iter().map(|f| (f.key, f)).collect();
+        let mut ix = self.lock();
+        let kept: Vec<(BlockKey, u64)> =
+            ix.lru.iter().rev().filter(|(k, _)| on_disk.contains_key(*k)).map(|(k, s)| (*k, *s)).collect();
+        for (k, _) in &kept {
+            on_disk.remove(k);
+        }
+        let mut adopted: Vec<Found> = on_disk.into_values().collect();
+        adopted.sort_by(|a, b| a.last_use.cmp(&b.last_use).then_with(|| a.key.cmp(&b.key)));
+        let before = (ix.lru.len(), ix.used);
+        ix.lru.clear();
+        ix.used = 0;
+        for f in adopted {
+            ix.insert(f.key, f.size);
+        }
+        for (k, size) in kept {
+            ix.insert(k, size);
+        }
+        log::info!(
+            "cache: cleared behind this mount: index {} blocks ({} bytes) -> {} blocks ({} bytes)",
+            before.0,
+            before.1,
+            ix.lru.len(),
+            ix.used
+        );
+    }
+
+    fn write_block(
+        &self,
+        id: &FileId,
+        key: &[u8; 32],
+        index: u64,
+        len: u64,
+        extents: &[(usize, &[u8])],
+    ) -> io::Result<()> {
         let dir = self.file_dir(key);
         let path = self.block_path(key, index);
         let mut head = Vec::with_capacity(HEADER_LEN + EXTENT_LEN * extents.len());
@@ -402,6 +471,8 @@ impl BlockCache {
             other => other,
         }
         .and_then(|mut tmp| {
+            // Checked on every put, not only the first: a clear may have removed it since.
+            write_identity_if_missing(&dir, id);
             // Through the plain file: its errors keep their OS error code (ENOSPC, EROFS).
             let file = tmp.as_file_mut();
             file.write_all(&head)?;
@@ -412,6 +483,9 @@ impl BlockCache {
         });
         if result.is_err() {
             // Leave no empty directories behind either; rmdir refuses (harmlessly) if anything is in them.
+            if holds_only_identity(&dir) {
+                let _ = fs::remove_file(dir.join(ID_FILE));
+            }
             let _ = fs::remove_dir(&dir);
             if let Some(parent) = dir.parent() {
                 let _ = fs::remove_dir(parent);
@@ -432,6 +506,76 @@ fn make_private_dir(dir: &Path) -> io::Result<()> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// Whether the identity record is all that `dir` holds: it then names nothing.
+pub(crate) fn holds_only_identity(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ID_FILE)))
+}
+
+/// Writes `dir/id` unless it is there. A failure costs only the name in `mastfs cache du`.
+fn write_identity_if_missing(dir: &Path, id: &FileId) {
+    let path = dir.join(ID_FILE);
+    if fs::symlink_metadata(&path).is_ok() {
+        return;
+    }
+    let prefix = format!("{ID_FILE}{TMP_MARKER}{}.", std::process::id());
+    let written = tempfile::Builder::new().prefix(&prefix).tempfile_in(dir).and_then(|mut tmp| {
+        tmp.as_file_mut().write_all(&encode_identity(id))?;
+        tmp.persist(&path).map(drop).map_err(|e| e.error)
+    });
+    if let Err(e) = written {
+        log::debug!("cache: cannot record the identity of {}: {e}", dir.display());
+    }
+}
+
+fn encode_identity(id: &FileId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + id.server.len() + id.user.len() + id.path.len());
+    out.extend_from_slice(&ID_MAGIC);
+    out.extend_from_slice(&ID_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&id.size.to_le_bytes());
+    out.extend_from_slice(&id.mtime.to_le_bytes());
+    for field in [&id.server, &id.user, &id.path] {
+        out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The identity `bytes` record, if they are intact and name the file of `key`.
+fn decode_identity(bytes: &[u8], key: &[u8; 32]) -> Result<FileId, String> {
+    let (body, crc) = bytes.split_at_checked(bytes.len().saturating_sub(4)).ok_or("empty")?;
+    if bytes.len() < 32 + 12 || crc32fast::hash(body) != le_u32(crc) {
+        return Err("identity record checksum mismatch".into());
+    }
+    if body[0..8] != ID_MAGIC {
+        return Err("not an identity record".into());
+    }
+    let version = le_u32(&body[8..12]);
+    if version != ID_FORMAT_VERSION {
+        return Err(format!("identity record version {version}"));
+    }
+    let size = le_u64(&body[12..20]);
+    let mtime = le_u64(&body[20..28]) as i64;
+    let mut at = 28;
+    let mut text = || -> Result<String, String> {
+        let len = body.get(at..at + 4).map(le_u32).ok_or("truncated identity record")? as usize;
+        let end = (at + 4).checked_add(len).filter(|&e| e <= body.len()).ok_or("truncated identity record")?;
+        let s = String::from_utf8(body[at + 4..end].to_vec()).map_err(|_| "identity record is not UTF-8")?;
+        at = end;
+        Ok(s)
+    };
+    let (server, user, path) = (text()?, text()?, text()?);
+    if at != body.len() {
+        return Err("bytes after the identity record".into());
+    }
+    let id = FileId { server, user, path, size, mtime };
+    if &id.key() != key {
+        return Err("identity record of another file".into());
+    }
+    Ok(id)
 }
 
 fn encode_header(key: &[u8; 32], index: u64, len: u64, extents: &[(usize, &[u8])]) -> [u8; HEADER_LEN] {
@@ -623,7 +767,10 @@ fn scan(root: &Path) -> io::Result<Vec<Found>> {
             {
                 continue;
             }
-            scan_file_dir(&file_dir.path(), key, &mut found);
+            if !scan_file_dir(&file_dir.path(), key, &mut found) {
+                // An identity without blocks (all evicted) names nothing any more.
+                let _ = fs::remove_file(file_dir.path().join(ID_FILE));
+            }
             // Succeeds only when nothing is left, which is exactly when the directory is useless.
             let _ = fs::remove_dir(file_dir.path());
         }
@@ -631,10 +778,12 @@ fn scan(root: &Path) -> io::Result<Vec<Found>> {
     Ok(found)
 }
 
-fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) {
+/// Whether `dir` still holds a block or a live writer's temp file.
+fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) -> bool {
     let Ok(entries) = fs::read_dir(dir) else {
-        return;
+        return true;
     };
+    let mut busy = false;
     let largest = (HEADER_LEN + EXTENT_LEN * MAX_EXTENTS) as u64 + BLOCK_SIZE;
     for entry in entries {
         let Ok(entry) = entry else { continue };
@@ -647,6 +796,8 @@ fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) {
         if let Some((_, owner)) = name.split_once(TMP_MARKER) {
             if tmp_is_stale(owner, &meta) {
                 let _ = fs::remove_file(entry.path());
+            } else {
+                busy = true;
             }
             continue;
         }
@@ -666,6 +817,145 @@ fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) {
         let atime = meta.accessed().unwrap_or(SystemTime::UNIX_EPOCH);
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         found.push(Found { key: (key, index), size, last_use: atime.max(mtime) });
+        busy = true;
+    }
+    busy
+}
+
+/// What one per-file directory holds, as `mastfs cache` sees it.
+pub(crate) struct StoredFile {
+    pub(crate) dir: PathBuf,
+    key: [u8; 32],
+    pub(crate) identity: Identity,
+    pub(crate) blocks: Vec<StoredBlock>,
+    /// Temp files whose writer is gone.
+    pub(crate) stale_temps: Vec<PathBuf>,
+}
+
+pub(crate) enum Identity {
+    Known(FileId),
+    /// Written before identities were recorded, or removed by a clear racing a put.
+    Missing,
+    /// A record that fails its checks: the reason.
+    Damaged(String),
+}
+
+pub(crate) struct StoredBlock {
+    pub(crate) index: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
+}
+
+impl StoredFile {
+    pub(crate) fn identity_path(&self) -> PathBuf {
+        self.dir.join(ID_FILE)
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.blocks.iter().map(|b| b.size).sum()
+    }
+}
+
+/// Every per-file directory of the block cache in `cache_dir`, with its identity read and
+/// checked (readdir, metadata and the small `id` files only; blocks are not opened). Nothing is
+/// changed. A cache directory without a block layout holds nothing.
+pub(crate) fn stored_files(cache_dir: &Path) -> io::Result<Vec<StoredFile>> {
+    let root = cache_dir.join(LAYOUT_DIR);
+    let shards = match fs::read_dir(&root) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for shard in shards {
+        let shard = shard?;
+        if !shard.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        for file_dir in fs::read_dir(shard.path())? {
+            let file_dir = file_dir?;
+            let Some(key) = file_dir.file_name().to_str().and_then(unhex_key) else { continue };
+            if !file_dir.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            out.push(stored_file(file_dir.path(), key));
+        }
+    }
+    Ok(out)
+}
+
+fn stored_file(dir: PathBuf, key: [u8; 32]) -> StoredFile {
+    let identity = match fs::read(dir.join(ID_FILE)) {
+        Ok(bytes) => match decode_identity(&bytes, &key) {
+            Ok(id) => Identity::Known(id),
+            Err(why) => Identity::Damaged(why),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Identity::Missing,
+        Err(e) => Identity::Damaged(format!("cannot read it: {e}")),
+    };
+    let mut file = StoredFile { dir, key, identity, blocks: Vec::new(), stale_temps: Vec::new() };
+    // Vanished since the parent was listed (a mount evicted it): it holds nothing.
+    let Ok(entries) = fs::read_dir(&file.dir) else { return file };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        if let Some((_, owner)) = name.split_once(TMP_MARKER) {
+            if tmp_is_stale(owner, &meta) {
+                file.stale_temps.push(entry.path());
+            }
+            continue;
+        }
+        let index = name.strip_suffix(BLOCK_EXT).and_then(|n| n.strip_suffix('.')).and_then(|n| n.parse::<u64>().ok());
+        if let Some(index) = index {
+            file.blocks.push(StoredBlock { index, path: entry.path(), size: meta.len() });
+        }
+    }
+    file.blocks.sort_by_key(|b| b.index);
+    file
+}
+
+/// Checks one block file exactly as a mount's load does (for a file of unknown identity,
+/// everything but the block length its size implies) and deletes it if it is bad.
+pub(crate) fn verify_block(file: &StoredFile, block: &StoredBlock) -> Verdict {
+    let expected = match &file.identity {
+        Identity::Known(id) => match block_len(id.size, block.index) {
+            Some(len) => len,
+            None => {
+                let why = format!("block {} is past the end of a {}-byte file", block.index, id.size);
+                return match File::open(&block.path) {
+                    Ok(f) => {
+                        remove_if_same_file(&block.path, &f);
+                        Verdict::Removed(why)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Verdict::Gone,
+                    Err(e) => Verdict::Unreadable(e),
+                };
+            }
+        },
+        Identity::Missing | Identity::Damaged(_) => {
+            let mut header = [0u8; HEADER_LEN];
+            match File::open(&block.path).and_then(|mut f| f.read_exact(&mut header)) {
+                Ok(()) => u64::from(le_u32(&header[52..56])).clamp(1, BLOCK_SIZE),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Verdict::Gone,
+                // Too short for a header: the full check below says so and removes it.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 1,
+                Err(e) => return Verdict::Unreadable(e),
+            }
+        }
+    };
+    let mut buf = vec![0u8; expected as usize];
+    match read_block(&block.path, &file.key, block.index, expected, &mut buf) {
+        ReadOutcome::Valid(..) => Verdict::Good,
+        ReadOutcome::Missing => Verdict::Gone,
+        ReadOutcome::Unreadable(e) => Verdict::Unreadable(e),
+        ReadOutcome::Corrupt(why, f) => {
+            remove_if_same_file(&block.path, &f);
+            Verdict::Removed(why)
+        }
     }
 }
 
@@ -747,7 +1037,7 @@ mod tests {
                 let p = e.expect("dir entry").path();
                 if fs::symlink_metadata(&p).expect("metadata").is_dir() {
                     stack.push(p);
-                } else {
+                } else if p.file_name().is_none_or(|n| n != ID_FILE) {
                     out.push(p);
                 }
             }
