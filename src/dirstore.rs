@@ -813,6 +813,40 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_records_whose_it_is_and_verify_removes_a_damaged_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.save("/stage/anonymous", &listing(3)).expect("save");
+        s.save("/pub", &listing(1)).expect("save");
+        let mut found = stored_listings(dir.path()).expect("listings");
+        found.sort_by(|a, b| a.file.cmp(&b.file));
+        let mut whose: Vec<ListingId> = found.iter().map(|l| l.identity.clone().expect("intact")).collect();
+        whose.sort_by(|a, b| a.path.cmp(&b.path));
+        let want =
+            |path: &str| ListingId { server: "archive.example:21".into(), user: "anonymous".into(), path: path.into() };
+        assert_eq!(whose, vec![want("/pub"), want("/stage/anonymous")]);
+
+        let victim = &found[0];
+        let mut bytes = fs::read(&victim.file).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&victim.file, &bytes).expect("rewrite");
+        assert!(matches!(verify_listing(victim), Verdict::Removed(_)));
+        assert!(!victim.file.exists());
+        assert!(matches!(verify_listing(&found[1]), Verdict::Good));
+    }
+
+    #[test]
+    fn the_format_1_layout_is_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("listings-v1/ab");
+        fs::create_dir_all(&old).expect("old layout");
+        fs::write(old.join("x.dir"), b"old").expect("old file");
+        let _s = store(dir.path());
+        assert!(!dir.path().join("listings-v1").exists());
+    }
+
+    #[test]
     fn a_saved_listing_reads_back_exactly_after_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let odd = SavedDir {

@@ -1265,6 +1265,108 @@ mod tests {
     }
 
     #[test]
+    fn each_cached_file_records_whose_it_is_and_the_password_is_nowhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+        let f = id("/stage/anonymous/x.fits", 2 * BLOCK_SIZE);
+        put(&cache, &f, 0);
+        put(&cache, &f, 1);
+        let stored = stored_files(dir.path()).expect("stored files");
+        assert_eq!(stored.len(), 1);
+        match &stored[0].identity {
+            Identity::Known(found) => assert_eq!(found, &f),
+            _ => panic!("identity not recorded"),
+        }
+        assert_eq!(stored[0].blocks.iter().map(|b| b.index).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(stored[0].bytes(), 2 * (H + BLOCK_SIZE));
+        assert_eq!(mode(&stored[0].identity_path()), 0o600);
+
+        // A record copied into another file's directory names the wrong file: not believed.
+        let g = id("/other", 100);
+        put(&cache, &g, 0);
+        fs::copy(cache.file_dir(&f.key()).join(ID_FILE), cache.file_dir(&g.key()).join(ID_FILE)).expect("copy");
+        let stored = stored_files(dir.path()).expect("stored files");
+        let other = stored.iter().find(|s| s.key == g.key()).expect("g");
+        assert!(matches!(&other.identity, Identity::Damaged(why) if why.contains("another file")));
+
+        // Removed behind the cache's back (a clear racing a put): the next put writes it again.
+        fs::remove_file(cache.file_dir(&f.key()).join(ID_FILE)).expect("rm id");
+        put(&cache, &f, 1);
+        assert!(cache.file_dir(&f.key()).join(ID_FILE).exists());
+    }
+
+    #[test]
+    fn verify_removes_a_flipped_byte_and_keeps_good_blocks_known_or_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+        let f = id("/a", 2 * BLOCK_SIZE + 10);
+        for i in 0..3 {
+            put(&cache, &f, i);
+        }
+        let bad = cache.block_path(&f.key(), 1);
+        let mut bytes = fs::read(&bad).expect("block");
+        bytes[H as usize + 77] ^= 0x20;
+        fs::write(&bad, &bytes).expect("rewrite");
+        let stored = stored_files(dir.path()).expect("stored");
+        let verdicts: Vec<_> = stored[0].blocks.iter().map(|b| verify_block(&stored[0], b)).collect();
+        assert!(matches!(verdicts[0], Verdict::Good));
+        assert!(matches!(&verdicts[1], Verdict::Removed(why) if why.contains("checksum")));
+        assert!(matches!(verdicts[2], Verdict::Good));
+        assert!(!bad.exists());
+
+        // Without its identity a block is still checked in full.
+        fs::remove_file(cache.file_dir(&f.key()).join(ID_FILE)).expect("rm id");
+        let last = cache.block_path(&f.key(), 2);
+        let mut bytes = fs::read(&last).expect("block");
+        *bytes.last_mut().expect("not empty") ^= 1;
+        fs::write(&last, &bytes).expect("rewrite");
+        let stored = stored_files(dir.path()).expect("stored");
+        assert!(matches!(stored[0].identity, Identity::Missing));
+        let verdicts: Vec<_> = stored[0].blocks.iter().map(|b| verify_block(&stored[0], b)).collect();
+        assert!(matches!(verdicts[0], Verdict::Good));
+        assert!(matches!(verdicts[1], Verdict::Removed(_)));
+        assert_eq!(cache.get(&f, 0), Some(content(&f, 0)));
+        assert_eq!(cache.get(&f, 2), None);
+    }
+
+    #[test]
+    fn after_a_clear_the_next_put_drops_vanished_blocks_from_the_accounting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let capacity = 3 * (H + 5000);
+        let cache = BlockCache::open(dir.path(), capacity).expect("open");
+        let files: Vec<FileId> = (0..3).map(|n| id(&format!("/f{n}"), 5000)).collect();
+        for f in &files {
+            put(&cache, f, 0);
+        }
+        assert_eq!(cache.stats().bytes_used, capacity);
+        // What `mastfs cache clear /f1` and `/f2` do: delete the files, then touch the stamp.
+        fs::remove_dir_all(cache.file_dir(&files[1].key())).expect("clear f1");
+        fs::remove_dir_all(cache.file_dir(&files[2].key())).expect("clear f2");
+        fs::write(dir.path().join("cleared"), b"1").expect("stamp");
+        let g = id("/g", 5000);
+        put(&cache, &g, 0);
+        let s = cache.stats();
+        assert_eq!((s.blocks, s.bytes_used, s.evictions), (2, 2 * (H + 5000), 0), "f0 was not evicted for nothing");
+        assert_eq!(cache.get(&files[0], 0), Some(content(&files[0], 0)));
+        assert_eq!(disk_bytes(&cache.root), s.bytes_used);
+    }
+
+    #[test]
+    fn an_evicted_files_identity_goes_at_the_next_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = id("/a", 1000);
+        let file_dir = {
+            let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+            put(&cache, &f, 0);
+            fs::remove_file(cache.block_path(&f.key(), 0)).expect("evicted");
+            cache.file_dir(&f.key())
+        };
+        assert!(file_dir.join(ID_FILE).exists());
+        let _cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("reopen");
+        assert!(!file_dir.exists());
+    }
+
+    #[test]
     fn corrupted_byte_in_header_is_a_miss() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
