@@ -490,7 +490,10 @@ fn verify(args: CacheVerifyArgs) -> ExitCode {
     let dir = cache_dir_of(args.cache_dir);
     let c = match contents(&dir) {
         Ok(c) => c,
-        Err(m) => return fail(&m),
+        Err(m) => {
+            fail(&m);
+            return ExitCode::from(2);
+        }
     };
     let mut n = Checked::default();
     let mut report = Vec::new();

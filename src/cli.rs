@@ -123,10 +123,11 @@ Examples:
   mastfs cache clear                            forget everything
   mastfs cache verify                           check every cached file, remove the bad ones
 
-All three are safe while mounts use the cache: a mount fetches again what was removed
-(never serving wrong bytes or failing a read for it) and corrects its disk-usage accounting
-within a second of its next cache write. PATH is the path on the server (as 'du' shows it),
-not a path under a mount point.";
+While mounted:
+  All three are safe while mounts use the cache: a mount fetches again what was removed
+  (never serving wrong bytes or failing a read for it) and corrects its disk-usage
+  accounting within a second of its next cache write. PATH is the path on the server (as
+  'mastfs cache du' shows it), not a path under a mount point.";
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -144,28 +145,36 @@ pub enum CacheCommand {
 }
 
 const CACHE_DU_AFTER_HELP: &str = "\
-SIZE counts the cache files on disk: blocks (the cached parts of each file, plus a small
-header per block) and listings (one per directory listed or looked into). A file is counted
-under the directory that holds it, cut to --depth components (/stage/anonymous at the
-default 2). Blocks written by mastfs versions that did not record whose files they are show
-as 'unknown'; 'mastfs cache clear' without --host or PATH removes them.";
+Counting:
+  SIZE counts the cache files on disk: blocks (the cached parts of each file, plus a small
+  header per block) and listings (one per directory listed or looked into). A file counts
+  under the directory that holds it, cut to --depth components (/stage/anonymous at the
+  default 2). Blocks written by mastfs versions that did not record whose files they are
+  show as 'unknown'; 'mastfs cache clear' without --host or PATH removes them.";
 
 const CACHE_CLEAR_AFTER_HELP: &str = "\
-Without --host and PATH everything goes, blocks of unknown files included. PATH selects a
-remote file or a whole directory subtree (its files' blocks and its directories' listings) on
-every host, unless --host narrows it. Only whole files are deleted, and only after they are
-fully written: a mount reading them meanwhile goes to the server again. Prints what it removed.";
+Selecting:
+  Without --host and PATH everything goes, blocks of unknown files included. PATH selects a
+  remote file or a whole directory subtree (its files' blocks and its directories'
+  listings) on every host, unless --host narrows it. Only whole files are deleted, and only
+  ones completely written: a mount reading them meanwhile goes to the server again. Prints
+  what it removed (blocks, files, listings, bytes).
+
+Exit status:
+  0 when everything selected was removed; 1 when a file could not be removed or the cache
+  could not be read.";
 
 const CACHE_VERIFY_AFTER_HELP: &str = "\
-Every block file is read whole and checked as a mount checks it before use (format, the file
-and block it claims to be, length, extent table, every checksum); every listing likewise.
-Bad files are removed (a mount would have removed them at its next read of them, and fetches
-them again), as are identity records that fail their checksum and temp files left by writers
-that died. Each removal is printed with its reason, then the counts.
+Checks:
+  Every block file is read whole and checked as a mount checks it before use (format, the
+  file and block it claims to be, length, extent table, every checksum); every listing
+  likewise. Bad files are removed (a mount would remove them at its next read of them, and
+  fetches them again), as are identity records that fail their checks and temp files left
+  by writers that died. Each removal is printed with its reason, then the counts.
 
-Exit status: 0 when everything was good; 1 when damaged files were found (and removed); 2
-when a file could not be read (left in place, e.g. EIO or EACCES) or the cache could not be
-read at all.";
+Exit status:
+  0 when everything was good; 1 when damaged files were found (and removed); 2 when a file
+  could not be read (it is left in place: EIO, EACCES) or the cache could not be read.";
 
 #[derive(Args, Debug)]
 pub struct CacheDuArgs {
