@@ -245,12 +245,12 @@ fn du(args: CacheDuArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{}: {} in {} blocks of {} files and {} listings",
+        "{}: {} in {} of {} and {}",
         dir.display(),
         human(total.bytes()),
-        total.blocks,
-        total.files,
-        total.listings
+        plural(total.blocks, "block"),
+        plural(total.files, "file"),
+        plural(total.listings, "listing")
     );
     if total.files == 0 && total.listings == 0 {
         return ExitCode::SUCCESS;
@@ -267,6 +267,11 @@ fn du(args: CacheDuArgs) -> ExitCode {
         println!("{}", unknown.row("unknown (written before mastfs recorded whose files they are)"));
     }
     ExitCode::SUCCESS
+}
+
+/// `1 block`, `2 blocks`.
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }
 
 /// `1536` -> `1.5 KiB`.
@@ -415,11 +420,11 @@ fn clear(args: CacheClearArgs) -> ExitCode {
         println!("{v}");
     } else {
         println!(
-            "{verb} {} blocks of {} files ({}) and {} listings ({}){} from {}",
-            removed.blocks,
-            removed.files,
+            "{verb} {} of {} ({}) and {} ({}){} from {}",
+            plural(removed.blocks, "block"),
+            plural(removed.files, "file"),
             human(removed.block_bytes),
-            removed.listings,
+            plural(removed.listings, "listing"),
             human(removed.listing_bytes),
             sel.describe(),
             dir.display()
@@ -600,23 +605,22 @@ fn verify(args: CacheVerifyArgs) -> ExitCode {
             println!("{line}");
         }
         println!(
-            "Checked {} blocks ({}) and {} listings ({}) in {}",
-            n.blocks,
+            "Checked {} ({}) and {} ({}) in {}",
+            plural(n.blocks, "block"),
             human(n.block_bytes),
-            n.listings,
+            plural(n.listings, "listing"),
             human(n.listing_bytes),
             dir.display()
         );
-        println!("Good: {} blocks, {} listings", n.good_blocks, n.good_listings);
+        println!("Good: {}, {}", plural(n.good_blocks, "block"), plural(n.good_listings, "listing"));
         println!(
-            "Removed: {} damaged blocks ({}), {} damaged listings ({}), {} damaged identity records, {} leftover \
-             temp files",
-            n.bad_blocks,
+            "Removed: {} ({}), {} ({}), {}, {}",
+            plural(n.bad_blocks, "damaged block"),
             human(n.bad_block_bytes),
-            n.bad_listings,
+            plural(n.bad_listings, "damaged listing"),
             human(n.bad_listing_bytes),
-            n.bad_identities,
-            n.stale_temps
+            plural(n.bad_identities, "damaged identity record"),
+            plural(n.stale_temps, "leftover temp file")
         );
         if n.unreadable > 0 {
             println!("Unreadable (left in place): {}", n.unreadable);

@@ -399,7 +399,13 @@ pub(crate) fn stored_listings(cache_dir: &Path) -> io::Result<Vec<StoredListing>
         if !shard.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        for entry in fs::read_dir(shard.path())? {
+        let files = match fs::read_dir(shard.path()) {
+            Ok(f) => f,
+            // Removed as empty (by a clear) since the layout was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in files {
             let entry = entry?;
             let name = entry.file_name();
             let Some(key) = name.to_str().and_then(|n| n.strip_suffix(&format!(".{EXT}"))).and_then(unhex) else {

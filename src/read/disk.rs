@@ -872,7 +872,13 @@ pub(crate) fn stored_files(cache_dir: &Path) -> io::Result<Vec<StoredFile>> {
         if !shard.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        for file_dir in fs::read_dir(shard.path())? {
+        let files = match fs::read_dir(shard.path()) {
+            Ok(f) => f,
+            // Removed as empty (by a clear) since the layout was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for file_dir in files {
             let file_dir = file_dir?;
             let Some(key) = file_dir.file_name().to_str().and_then(unhex_key) else { continue };
             if !file_dir.file_type().is_ok_and(|t| t.is_dir()) {
