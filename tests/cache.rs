@@ -371,6 +371,10 @@ fn reads_racing_clears_and_verifies_always_get_the_right_bytes() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = clearer.join().expect("the clearing thread");
     assert!(rounds >= 3, "the commands ran alongside the reads ({rounds} rounds)");
+    // A cache write that lost a race with a clear is retried, not taken for a failing disk
+    // (which would turn the cache off for a while).
+    assert_eq!(stat_value(&m, "cache_write_errors"), 0);
+    assert_eq!(stat_value(&m, "read_errors"), 0);
     let stderr = m.unmount();
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }

@@ -462,15 +462,20 @@ impl BlockCache {
         // temp file is deleted by its own drop if anything below fails.
         let prefix = format!("{index:010}{TMP_MARKER}{}.", std::process::id());
         let create = || tempfile::Builder::new().prefix(&prefix).tempfile_in(&dir);
-        let result = match create() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // First block of this file, or the directory was just removed as empty by a
-                // failed put or by another mount's open; create it and try once more.
-                DirBuilder::new().recursive(true).mode(0o700).create(&dir).and_then(|()| create())
+        let mut created = create();
+        for _ in 0..3 {
+            match &created {
+                // First block of this file, or the directory was just removed as empty by a failed
+                // put, another mount's open or `mastfs cache clear` (which can do so again between
+                // the mkdir and the create: a lost race must not count as a failing disk). Once
+                // the temp file is in it, nothing removes the directory.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    created = DirBuilder::new().recursive(true).mode(0o700).create(&dir).and_then(|()| create());
+                }
+                _ => break,
             }
-            other => other,
         }
-        .and_then(|mut tmp| {
+        let result = created.and_then(|mut tmp| {
             // Checked on every put, not only the first: a clear may have removed it since.
             write_identity_if_missing(&dir, id);
             // Through the plain file: its errors keep their OS error code (ENOSPC, EROFS).
