@@ -339,6 +339,29 @@ fn normalize_remote_path(p: &str) -> Result<String, String> {
     Ok(format!("/{}", parts.join("/")))
 }
 
+/// Why `path` is refused when it names a place inside a mastfs mount: the cache knows paths
+/// on the server, and the mount's root on the server cannot be told for certain from here (the
+/// mount table shows SOURCE as given). The message suggests the likely server path.
+fn under_a_mount(path: &str, mountinfo: &str) -> Option<String> {
+    let local = Path::new(path);
+    let local = if local.is_absolute() { local.to_path_buf() } else { std::env::current_dir().ok()?.join(local) };
+    let mount = crate::stats_view::mastfs_mounts(mountinfo)
+        .into_iter()
+        .filter(|m| local.starts_with(&m.mountpoint))
+        .max_by_key(|m| m.mountpoint.components().count())?;
+    let rest = local.strip_prefix(&mount.mountpoint).ok()?.to_string_lossy().into_owned();
+    let source = crate::mount_opts::parse_source(&mount.source).ok()?;
+    let root = source.dir.unwrap_or_else(|| "/".into());
+    let remote = normalize_remote_path(&format!("{}/{rest}", root.trim_end_matches('/'))).ok()?;
+    Some(format!(
+        "{path} is inside the mastfs mount at {} (of {}); 'mastfs cache clear' takes the path on the server, \
+         probably: mastfs cache clear --host {} {remote}",
+        mount.mountpoint.display(),
+        mount.source,
+        source.host
+    ))
+}
+
 #[derive(Default)]
 struct Removed {
     blocks: u64,
@@ -358,6 +381,9 @@ impl Removed {
 
 fn clear(args: CacheClearArgs) -> ExitCode {
     let dir = cache_dir_of(args.cache_dir);
+    if let Some(hint) = args.path.as_deref().and_then(|p| under_a_mount(p, &crate::stats_view::read_mountinfo())) {
+        return fail(&hint);
+    }
     let path = match args.path.as_deref().map(normalize_remote_path).transpose() {
         Ok(p) => p,
         Err(m) => return fail(&m),
@@ -658,6 +684,18 @@ mod tests {
         assert_eq!(normalize_remote_path("/data//sub/./").as_deref(), Ok("/data/sub"));
         assert!(normalize_remote_path("data").is_err());
         assert!(normalize_remote_path("/a/../b").is_err());
+    }
+
+    #[test]
+    fn a_path_inside_a_mount_is_refused_with_the_server_path_it_likely_means() {
+        let mountinfo = "36 25 0:32 / /home/me/mast rw,nosuid,nodev - fuse.mastfs archive.stsci.edu:/stage rw\n\
+                         37 25 0:33 / /home/me/other rw - fuse.sshfs h:/x rw\n";
+        let hint = under_a_mount("/home/me/mast/anonymous/x.fits", mountinfo).expect("refused");
+        assert!(hint.contains("--host archive.stsci.edu /stage/anonymous/x.fits"), "{hint}");
+        assert!(under_a_mount("/home/me/mast", mountinfo).is_some_and(|h| h.ends_with(" /stage")));
+        assert_eq!(under_a_mount("/home/me/other/x", mountinfo), None);
+        assert_eq!(under_a_mount("/stage/anonymous", mountinfo), None);
+        assert_eq!(under_a_mount("/home/me/mastx", mountinfo), None);
     }
 
     #[test]

@@ -224,6 +224,12 @@ fn du_clear_and_verify_work_on_the_cache_of_a_live_mount() {
     let r = clear(&cache, &["/dat"]);
     assert_eq!((n(&r, "blocks"), n(&r, "listings")), (0, 0), "{r}");
 
+    // A path under the mount point is not a server path: refused, with the one it likely means.
+    let local = m.path("data").to_string_lossy().into_owned();
+    let out = cache_cmd(&cache, &["clear", &local]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr_of(&out).contains("mastfs cache clear --host 127.0.0.1 /data"), "{}", stderr_of(&out));
+
     // A dry run says what a clear would do and does nothing.
     let r = clear(&cache, &["--dry-run", "--host", "127.0.0.1", "/data"]);
     assert_eq!((n(&r, "files"), n(&r, "blocks"), n(&r, "listings")), (3, 6, 2), "{r}");
