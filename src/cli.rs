@@ -157,9 +157,9 @@ Selecting:
   Without --host and PATH everything goes, blocks of unknown files included. PATH selects a
   remote file or a whole directory subtree (its files' blocks and its directories'
   listings) on every host, unless --host narrows it; a path under a mount point is refused
-  with the server path it probably means. Only whole files are deleted, and only
-  ones completely written: a mount reading them meanwhile goes to the server again. Prints
-  what it removed (blocks, files, listings, bytes).
+  with the server path it probably means. Only whole files are deleted, and only ones
+  completely written: a mount reading them meanwhile goes to the server again. Prints what
+  it removed (blocks, files, listings, bytes).
 
 Exit status:
   0 when everything selected was removed; 1 when a file could not be removed or the cache

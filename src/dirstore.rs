@@ -843,6 +843,23 @@ mod tests {
     }
 
     #[test]
+    fn after_a_clear_the_next_save_counts_only_what_is_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        for path in ["/a", "/b", "/c"] {
+            s.save(path, &listing(10)).expect("save");
+        }
+        let one = s.used() / 3;
+        for path in ["/a", "/b"] {
+            fs::remove_file(s.file_path(&s.key(path))).expect("cleared");
+        }
+        fs::write(dir.path().join("cleared"), b"1").expect("stamp");
+        s.save("/d", &listing(10)).expect("save");
+        assert_eq!(s.used(), 2 * one);
+        assert_eq!(s.load("/c"), Some(listing(10)));
+    }
+
+    #[test]
     fn the_format_1_layout_is_removed_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let old = dir.path().join("listings-v1/ab");

@@ -1300,6 +1300,13 @@ mod tests {
         let other = stored.iter().find(|s| s.key == g.key()).expect("g");
         assert!(matches!(&other.identity, Identity::Damaged(why) if why.contains("another file")));
 
+        for garbage in [&b"xx"[..], &[0u8; 60][..]] {
+            fs::write(cache.file_dir(&g.key()).join(ID_FILE), garbage).expect("garbage");
+            let stored = stored_files(dir.path()).expect("stored files");
+            let other = stored.iter().find(|s| s.key == g.key()).expect("g");
+            assert!(matches!(&other.identity, Identity::Damaged(_)), "{garbage:?}");
+        }
+
         // Removed behind the cache's back (a clear racing a put): the next put writes it again.
         fs::remove_file(cache.file_dir(&f.key()).join(ID_FILE)).expect("rm id");
         put(&cache, &f, 1);
