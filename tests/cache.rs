@@ -236,7 +236,6 @@ fn du_clear_and_verify_work_on_the_cache_of_a_live_mount() {
     assert_eq!(du(&cache), v);
 
     // Clear /data while mounted: exactly its three files and two listings go.
-    let retrs_before = (retrs_of(&server, "data/a.bin"), retrs_of(&server, "other/e.bin"));
     let r = clear(&cache, &["--host", "127.0.0.1", "/data/"]);
     assert_eq!((n(&r, "files"), n(&r, "blocks"), n(&r, "block_bytes")), (3, 6, data_bytes + cached_size(27)), "{r}");
     assert_eq!(n(&r, "listings"), 2, "{r}");
@@ -276,23 +275,42 @@ fn du_clear_and_verify_work_on_the_cache_of_a_live_mount() {
 
     // Through the mount, the same bytes: the cleared and the damaged file from the server
     // again, the untouched one from the disk cache.
+    // The mount's own count of bytes off the network says where each read came from at once;
+    // the server's log (written as its sessions end) confirms it at the end.
+    let net = || stat_value(&m, "net_bytes");
+    let at_start = net();
     assert!(read_cold(&m, "data/a.bin") == pattern_bytes(1, 0, (2 * MIB + 5) as usize));
+    let after_a = net();
+    assert!(after_a - at_start >= 2 * MIB + 5, "a.bin came from the server again: {}", after_a - at_start);
     assert!(read_cold(&m, "other/d.bin") == pattern_bytes(3, 0, 70_000));
+    let after_d = net();
+    assert!(after_d - after_a >= 70_000, "d.bin came from the server again: {}", after_d - after_a);
     assert!(read_cold(&m, "other/e.bin") == pattern_bytes(4, 0, (MIB + 77) as usize));
+    assert_eq!(net(), after_d, "e.bin came from the disk cache");
     assert_eq!(fs::read_dir(m.path("data")).expect("ls data").count(), 3);
-    assert!(retrs_of(&server, "data/a.bin") > retrs_before.0, "a.bin came from the server again");
-    assert!(retrs_of(&server, "other/d.bin") >= 2, "d.bin came from the server again");
-    assert_eq!(retrs_of(&server, "other/e.bin"), retrs_before.1, "e.bin came from the disk cache");
     // And the cache holds the refetched files again.
     du_once(&cache, "a.bin again", |v| group(v, "/data").is_some_and(|g| g["block_bytes"] == cached_size(2 * MIB + 5)));
 
-    // A whole clear empties it, even while mounted; the mount goes on reading right.
+    // A whole clear empties it, even while mounted, to the byte du counted; the mount goes on
+    // reading right (b.bin, out of its memory since the filler, from the server).
+    let full = du_once(&cache, "d.bin again", |v| group(v, "/other").is_some_and(|g| g["block_bytes"] == other_bytes));
     let r = clear(&cache, &[]);
-    assert!(n(&r, "blocks") > 0 && n(&r, "listings") > 0, "{r}");
+    assert_eq!(
+        (n(&r, "blocks"), n(&r, "listings"), n(&r, "bytes")),
+        (n(&full, "blocks"), n(&full, "listings"), n(&full, "bytes")),
+        "{r}"
+    );
     let empty = du(&cache);
     assert_eq!((n(&empty, "blocks"), n(&empty, "listings"), n(&empty, "bytes")), (0, 0, 0), "{empty:#}");
-    assert!(read_cold(&m, "other/e.bin") == pattern_bytes(4, 0, (MIB + 77) as usize));
+    let before_b = net();
+    assert!(read_cold(&m, "data/b.bin") == pattern_bytes(2, 0, (MIB + 3) as usize));
+    assert!(net() - before_b >= MIB + 3, "b.bin came from the server");
     drop(m);
+    server.wait_for_sessions_to_end(Duration::from_secs(30));
+    let sent = |rel: &str| server.transfers().iter().filter(|t| t.path.ends_with(rel)).map(|t| t.bytes).sum::<u64>();
+    assert!(sent("data/a.bin") >= 2 * (2 * MIB + 5), "a.bin was sent twice: {}", sent("data/a.bin"));
+    assert!(sent("other/d.bin") >= 2 * 70_000, "d.bin was sent twice: {}", sent("other/d.bin"));
+    assert!(sent("other/e.bin") < 2 * (MIB + 77), "e.bin was sent once, before the clears: {}", sent("other/e.bin"));
     assert_eq!(
         fs::metadata(&cache).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).ok(),
         Some(0o700)
@@ -383,4 +401,54 @@ fn reads_racing_clears_and_verifies_always_get_the_right_bytes() {
     assert_eq!(stat_value(&m, "read_errors"), 0);
     let stderr = m.unmount();
     assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+#[test]
+fn two_servers_share_one_cache_and_clear_host_port_removes_only_one() {
+    if !ready(Kind::Vsftpd) {
+        return;
+    }
+    let (root1, root2) = (new_root(), new_root());
+    write_pattern_file(&root1.path().join("pub/one.bin"), 31, MIB + 1);
+    write_pattern_file(&root2.path().join("pub/two.bin"), 32, 2 * MIB + 2);
+    let one = Server::builder(Kind::Vsftpd).root(root1.path()).start();
+    let two = Server::builder(Kind::Vsftpd).root(root2.path()).start();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let cache = scratch.path().join("cache");
+    let m1 = Mount::builder(&one).cache_dir(&cache).start();
+    let m2 = Mount::builder(&two).cache_dir(&cache).start();
+    assert!(m1.read("pub/one.bin") == pattern_bytes(31, 0, (MIB + 1) as usize));
+    assert!(m2.read("pub/two.bin") == pattern_bytes(32, 0, (2 * MIB + 2) as usize));
+    let (host1, host2) = (format!("127.0.0.1:{}", one.port), format!("127.0.0.1:{}", two.port));
+    let block_bytes_of = |v: &Value, host: &str| {
+        v["hosts"].as_array().and_then(|h| h.iter().find(|h| h["server"] == host)).map(|h| n(h, "block_bytes"))
+    };
+    let v = du_once(&cache, "both files", |v| {
+        block_bytes_of(v, &host1) == Some(cached_size(MIB + 1))
+            && block_bytes_of(v, &host2) == Some(cached_size(2 * MIB + 2))
+    });
+    assert_eq!(v["hosts"].as_array().map(Vec::len), Some(2), "{v:#}");
+
+    // host:port picks one of two servers on the same address.
+    let r = clear(&cache, &["--host", &host2]);
+    assert_eq!((n(&r, "files"), n(&r, "blocks"), n(&r, "block_bytes")), (1, 3, cached_size(2 * MIB + 2)), "{r}");
+    let after = du(&cache);
+    assert_eq!(block_bytes_of(&after, &host1), Some(cached_size(MIB + 1)), "{after:#}");
+    assert_eq!(block_bytes_of(&after, &host2), None, "{after:#}");
+    // Remounted, both read right; only the cleared one's server sends its file again. (A
+    // forking server logs a transfer when its session ends: counted once the mounts are gone.)
+    let settled = |m1: Mount, m2: Mount| {
+        drop((m1, m2));
+        one.wait_for_sessions_to_end(Duration::from_secs(30));
+        two.wait_for_sessions_to_end(Duration::from_secs(30));
+        (retrs_of(&one, "pub/one.bin"), retrs_of(&two, "pub/two.bin"))
+    };
+    let before = settled(m1, m2);
+    let m1 = Mount::builder(&one).cache_dir(&cache).start();
+    let m2 = Mount::builder(&two).cache_dir(&cache).start();
+    assert!(m1.read("pub/one.bin") == pattern_bytes(31, 0, (MIB + 1) as usize));
+    assert!(m2.read("pub/two.bin") == pattern_bytes(32, 0, (2 * MIB + 2) as usize));
+    let after = settled(m1, m2);
+    assert_eq!(after.0, before.0, "one.bin still came from the cache");
+    assert!(after.1 > before.1, "two.bin came from its server again");
 }
