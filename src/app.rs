@@ -21,6 +21,7 @@ pub fn main() -> ExitCode {
         Command::Umount { mountpoint } => unmount(&mountpoint),
         Command::Stats(args) => stats_view::run(args),
         Command::Check(args) => crate::check::run(args),
+        Command::Cache(args) => crate::cache_admin::run(args.command),
         Command::Completions { shell } => manpage::completions(shell),
         Command::Man(args) => manpage::man(args),
     }

@@ -45,6 +45,7 @@ Examples:
                                        exclusive-access data (password: 'mastfs mount --help')
   mastfs stats ~/mast                  what the mount fetched and served
   mastfs umount ~/mast
+  mastfs cache du                      what the cache holds, per host and remote directory
 
 mount(8) and /etc/fstab:
   mount(8) runs 'mastfs SOURCE MOUNTPOINT -o OPTIONS' (through fuse3's mount.fuse3), which is
@@ -82,6 +83,8 @@ pub enum Command {
     /// Check the connection a mount would make, step by step (connect, TLS, login, listing,
     /// data connection), and say what to change when a step fails
     Check(crate::check::CheckArgs),
+    /// Show, clear or check the block and listing cache (safe while mounts use it)
+    Cache(CacheArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_long_help = COMPLETIONS_AFTER_HELP)]
     Completions {
@@ -103,6 +106,126 @@ Install, for example:
 const MAN_AFTER_HELP: &str = "\
 Read it:    mastfs man | man -l -
 Install:    mastfs man --dir /usr/local/share/man/man1   (mastfs.1, mastfs-mount.1, ...)";
+
+#[derive(Args, Debug)]
+#[command(after_long_help = CACHE_AFTER_HELP)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+const CACHE_AFTER_HELP: &str = "\
+Examples:
+  mastfs cache du                               what is cached, per host and remote directory
+  mastfs cache clear /stage/anonymous/anonymous12345
+                                                forget one request directory (every host)
+  mastfs cache clear --host archive.stsci.edu   forget one host
+  mastfs cache clear                            forget everything
+  mastfs cache verify                           check every cached file, remove the bad ones
+
+While mounted:
+  All three are safe while mounts use the cache: a mount fetches again what was removed
+  (never serving wrong bytes or failing a read for it) and corrects its disk-usage
+  accounting within a second of its next cache write. PATH is the path on the server (as
+  'mastfs cache du' shows it), not a path under a mount point.";
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Show the cache's disk use: total, per host (host:port and user) and per remote directory
+    #[command(after_long_help = CACHE_DU_AFTER_HELP)]
+    Du(CacheDuArgs),
+    /// Remove cached blocks and listings: everything, one host's, or one remote file or
+    /// directory subtree's
+    #[command(after_long_help = CACHE_CLEAR_AFTER_HELP)]
+    Clear(CacheClearArgs),
+    /// Check every cached block and listing as a mount does when it loads them; remove the bad
+    /// ones
+    #[command(after_long_help = CACHE_VERIFY_AFTER_HELP)]
+    Verify(CacheVerifyArgs),
+}
+
+const CACHE_DU_AFTER_HELP: &str = "\
+Counting:
+  SIZE counts the cache files on disk: blocks (the cached parts of each file, plus a small
+  header per block) and listings (one per directory listed or looked into). A file counts
+  under the directory that holds it, cut to --depth components (/stage/anonymous at the
+  default 2). Blocks written by mastfs versions that did not record whose files they are
+  show as 'unknown'; 'mastfs cache clear' without --host or PATH removes them.";
+
+const CACHE_CLEAR_AFTER_HELP: &str = "\
+Selecting:
+  Without --host and PATH everything goes, blocks of unknown files included. PATH selects a
+  remote file or a whole directory subtree (its files' blocks and its directories'
+  listings) on every host, unless --host narrows it; a path under a mount point is refused
+  with the server path it probably means. Only whole files are deleted, and only ones
+  completely written: a mount reading them meanwhile goes to the server again. Prints what
+  it removed (blocks, files, listings, bytes).
+
+Exit status:
+  0 when everything selected was removed; 1 when a file could not be removed or the cache
+  could not be read.";
+
+const CACHE_VERIFY_AFTER_HELP: &str = "\
+Checks:
+  Every block file is read whole and checked as a mount checks it before use (format, the
+  file and block it claims to be, length, extent table, every checksum); every listing
+  likewise. Bad files are removed (a mount would remove them at its next read of them, and
+  fetches them again), as are identity records that fail their checks and temp files left
+  by writers that died. Each removal is printed with its reason, then the counts.
+
+Exit status:
+  0 when everything was good; 1 when damaged files were found (and removed); 2 when a file
+  could not be read (it is left in place: EIO, EACCES) or the cache could not be read.";
+
+#[derive(Args, Debug)]
+pub struct CacheDuArgs {
+    /// The cache directory [default: $XDG_CACHE_HOME/mastfs or ~/.cache/mastfs, as for mount]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Group files by the first N components of their remote directory
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub depth: usize,
+
+    /// Print JSON for scripts (exact byte counts)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheClearArgs {
+    /// Remote file or directory whose cached blocks and listings to remove, e.g.
+    /// /stage/anonymous/anonymous12345 [default: everything]
+    #[arg(value_name = "PATH")]
+    pub path: Option<String>,
+
+    /// Only this server's: HOST (any port) or HOST:PORT, as 'mastfs cache du' shows it
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+
+    /// The cache directory [default: $XDG_CACHE_HOME/mastfs or ~/.cache/mastfs, as for mount]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Say what would be removed, remove nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Print what was removed as JSON (exact byte counts)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheVerifyArgs {
+    /// The cache directory [default: $XDG_CACHE_HOME/mastfs or ~/.cache/mastfs, as for mount]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Print the counts and problems as JSON
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Args, Debug)]
 pub struct ManArgs {

@@ -1,20 +1,24 @@
 //! Directory listings kept in the cache directory, so that a mount can show what it listed
 //! before while the server cannot be reached.
 //!
-//! One file per directory: `<cache>/listings-v1/<hex(key)[0..2]>/<hex(key)>.dir`, where the key
+//! One file per directory: `<cache>/listings-v2/<hex(key)[0..2]>/<hex(key)>.dir`, where the key
 //! is a SHA-256 of the server (`host:port`), the user and the absolute remote path, so two
 //! servers or users never share a file. A file is a 64-byte header (magic, format version, key,
 //! flags, payload length, CRC32 of the payload, CRC32 of the header) and the payload: the
-//! entries. A file is served only when it is exactly the one asked for and intact; a torn,
+//! identity (server, user, path: what `mastfs cache du|clear` go by, and whose key must be the
+//! file's), then the entries. Format 1 had no identity; its directory `listings-v1` is removed
+//! at open. A file is served only when it is exactly the one asked for and intact; a torn,
 //! corrupt, truncated or foreign one is deleted and treated as absent. The password is not part
 //! of the key or of anything written.
 //!
 //! A record is *complete* (a whole listing: a name it lacks does not exist) or *partial* (the
 //! entries found one by one by `stat` in a directory nobody listed: a name it lacks is unknown).
 //!
-//! Disk use is bounded by an LRU over the files, as for blocks (`cache.rs`), and the in-memory
+//! Disk use is bounded by an LRU over the files, as for blocks (`read/disk.rs`), and the in-memory
 //! index is only a hint: another mount may share the directory, so a load validates what it
-//! reads, treats a vanished file as absent and adopts a file the index did not know.
+//! reads, treats a vanished file as absent and adopts a file the index did not know. After
+//! `mastfs cache clear|verify` (seen through `cache_admin::ClearWatch` at the next write) the
+//! index is rebuilt from the disk.
 //!
 //! Threads: any thread may call (FUSE workers and `mastfs-meta` refresh threads do). Locks:
 //! `merge` is held across a whole write (and the load-modify-write of [`DirStore::update`]), so
@@ -33,13 +37,16 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
+use crate::cache_admin::{ClearWatch, Verdict};
 use crate::remote::{EntryKind, NAME_MAX, RemoteEntry, TARGET_MAX};
 
 /// Version of the key encoding and of the file format; a change orphans old files, which then
 /// age out of the LRU.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// The layout directory under the cache directory; bump with `FORMAT_VERSION`.
-pub const LAYOUT_DIR: &str = "listings-v1";
+pub const LAYOUT_DIR: &str = "listings-v2";
+/// Layouts of earlier formats, removed at open: nothing reads them any more.
+const OLD_LAYOUT_DIRS: [&str; 1] = ["listings-v1"];
 const MAGIC: [u8; 8] = *b"MSTFSDIR";
 /// magic 8 | version 4 | key 32 | flags 4 | payload length 8 | crc32(payload) 4 | crc32(bytes 0..60) 4
 const HEADER_LEN: usize = 64;
@@ -159,6 +166,7 @@ pub struct DirStore {
     capacity: u64,
     index: Mutex<Index>,
     merge: Mutex<()>,
+    cleared: ClearWatch,
 }
 
 impl DirStore {
@@ -169,18 +177,24 @@ impl DirStore {
         make_private_dir(cache_dir)?;
         let root = cache_dir.join(LAYOUT_DIR);
         make_private_dir(&root)?;
-        let mut found = scan(&root)?;
-        found.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
-        let mut index = Index { lru: LruCache::unbounded(), used: 0 };
-        for (key, size, _) in found {
-            index.insert(key, Known { size, seen: None });
+        for old in OLD_LAYOUT_DIRS {
+            // At most a sixteenth of the cache (256 MiB): quick enough to remove in line.
+            match fs::remove_dir_all(cache_dir.join(old)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    log::warn!("listing cache: cannot remove the old layout {old}: {e}")
+                }
+                _ => {}
+            }
         }
+        let cleared = ClearWatch::new(cache_dir);
+        let index = Mutex::new(index_of(scan(&root)?));
         let store = DirStore {
+            cleared,
             root,
             server: server.to_string(),
             user: user.to_string(),
             capacity,
-            index: Mutex::new(index),
+            index,
             merge: Mutex::new(()),
         };
         let victims = store.index.lock().evict_over(capacity);
@@ -193,7 +207,7 @@ impl DirStore {
         let key = self.key(path);
         let file = self.file_path(&key);
         match read_record(&file, &key) {
-            Loaded::Valid(dir, digest, size, f) => {
+            Loaded::Valid(dir, digest, size, f, _) => {
                 // Recency survives a remount through the access time; failing costs only LRU precision.
                 let _ = f.set_times(FileTimes::new().set_accessed(SystemTime::now()));
                 let seen = f.metadata().ok().map(|m| (digest, m.ino()));
@@ -247,8 +261,16 @@ impl DirStore {
     }
 
     fn write(&self, path: &str, dir: &SavedDir) -> io::Result<Saved> {
+        if self.cleared.changed() {
+            // Files were deleted behind the index: rebuild it (readdir and metadata only).
+            match scan(&self.root) {
+                Ok(found) => *self.index.lock() = index_of(found),
+                Err(e) => log::warn!("listing cache: cannot rescan {} after a clear: {e}", self.root.display()),
+            }
+        }
         let key = self.key(path);
-        let payload = encode_entries(&dir.entries);
+        let mut payload = encode_identity(&self.server, &self.user, path);
+        payload.extend_from_slice(&encode_entries(&dir.entries));
         let flags = if dir.complete { FLAG_COMPLETE } else { 0 };
         let size = (HEADER_LEN + payload.len()) as u64;
         if size > self.capacity / MAX_SHARE {
@@ -293,14 +315,7 @@ impl DirStore {
     /// SHA-256 over a length-prefixed encoding of server, user and path, so that no two
     /// different triples (user "ab" + path "c" against user "a" + path "bc") share a key.
     fn key(&self, path: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"mastfs-dir-key");
-        h.update(FORMAT_VERSION.to_le_bytes());
-        for field in [&self.server, &self.user, path] {
-            h.update((field.len() as u64).to_le_bytes());
-            h.update(field.as_bytes());
-        }
-        h.finalize().into()
+        listing_key(&self.server, &self.user, path)
     }
 
     fn file_path(&self, key: &[u8; 32]) -> PathBuf {
@@ -320,9 +335,112 @@ impl DirStore {
     }
 }
 
+/// The LRU index of the files `scan` found, least recently used first.
+fn index_of(mut found: Vec<([u8; 32], u64, SystemTime)>) -> Index {
+    found.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
+    let mut index = Index { lru: LruCache::unbounded(), used: 0 };
+    for (key, size, _) in found {
+        index.insert(key, Known { size, seen: None });
+    }
+    index
+}
+
+fn listing_key(server: &str, user: &str, path: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"mastfs-dir-key");
+    h.update(FORMAT_VERSION.to_le_bytes());
+    for field in [server, user, path] {
+        h.update((field.len() as u64).to_le_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// Whose listing a file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListingId {
+    /// "host:port"
+    pub(crate) server: String,
+    pub(crate) user: String,
+    /// The remote directory.
+    pub(crate) path: String,
+}
+
+/// server, user, path: each as length u32 and UTF-8.
+fn encode_identity(server: &str, user: &str, path: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + server.len() + user.len() + path.len());
+    for field in [server, user, path] {
+        out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
+/// One listing file, as `mastfs cache` sees it.
+pub(crate) struct StoredListing {
+    pub(crate) file: PathBuf,
+    key: [u8; 32],
+    pub(crate) size: u64,
+    /// Whose listing it is, or why that cannot be told (the file is bad or unreadable).
+    pub(crate) identity: Result<ListingId, String>,
+}
+
+/// Every listing file in `cache_dir`, each read and checked; nothing is changed.
+pub(crate) fn stored_listings(cache_dir: &Path) -> io::Result<Vec<StoredListing>> {
+    let root = cache_dir.join(LAYOUT_DIR);
+    let shards = match fs::read_dir(&root) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for shard in shards {
+        let shard = shard?;
+        if !shard.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let files = match fs::read_dir(shard.path()) {
+            Ok(f) => f,
+            // Removed as empty (by a clear) since the layout was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in files {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(&format!(".{EXT}"))).and_then(unhex) else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            let file = entry.path();
+            let identity = match read_record(&file, &key) {
+                Loaded::Valid(_, _, _, _, id) => Ok(id),
+                Loaded::Missing => continue,
+                Loaded::Unreadable(e) => Err(format!("cannot read it: {e}")),
+                Loaded::Corrupt(why, _) => Err(why),
+            };
+            out.push(StoredListing { file, key, size: meta.len(), identity });
+        }
+    }
+    Ok(out)
+}
+
+/// Checks one listing file exactly as a mount's load does, and deletes it if it is bad.
+pub(crate) fn verify_listing(listing: &StoredListing) -> Verdict {
+    match read_record(&listing.file, &listing.key) {
+        Loaded::Valid(..) => Verdict::Good,
+        Loaded::Missing => Verdict::Gone,
+        Loaded::Unreadable(e) => Verdict::Unreadable(e),
+        Loaded::Corrupt(why, f) => {
+            remove_if_same_file(&listing.file, &f);
+            Verdict::Removed(why)
+        }
+    }
+}
+
 enum Loaded {
-    /// The record, the digest of what it says, the file's size, and the open file.
-    Valid(SavedDir, [u8; 16], u64, File),
+    /// The record, the digest of what it says, the file's size, the open file, and whose it is.
+    Valid(SavedDir, [u8; 16], u64, File, ListingId),
     Missing,
     Unreadable(io::Error),
     /// Provably bad: the reason and the open file (so that only this file is removed).
@@ -361,10 +479,23 @@ fn read_record(path: &Path, key: &[u8; 32]) -> Loaded {
     if crc32fast::hash(&payload) != payload_crc {
         return Loaded::Corrupt("payload checksum mismatch".into(), file);
     }
-    match decode_entries(&payload) {
+    let mut r = Reader { bytes: &payload, at: 0 };
+    let mut text = || -> Result<String, String> {
+        let n = r.u32()? as usize;
+        r.text(n)
+    };
+    let identity = match (text(), text(), text()) {
+        (Ok(server), Ok(user), Ok(path)) => ListingId { server, user, path },
+        _ => return Loaded::Corrupt("truncated identity".into(), file),
+    };
+    if listing_key(&identity.server, &identity.user, &identity.path) != *key {
+        return Loaded::Corrupt("the identity of another directory, server or user".into(), file);
+    }
+    match decode_entries(&payload[r.at..]) {
         Ok(entries) => {
             let digest = digest_of(flags, &payload);
-            Loaded::Valid(SavedDir { complete: flags & FLAG_COMPLETE != 0, entries }, digest, len, file)
+            let dir = SavedDir { complete: flags & FLAG_COMPLETE != 0, entries };
+            Loaded::Valid(dir, digest, len, file, identity)
         }
         Err(why) => Loaded::Corrupt(why, file),
     }
@@ -685,6 +816,57 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_listing_records_whose_it_is_and_verify_removes_a_damaged_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.save("/stage/anonymous", &listing(3)).expect("save");
+        s.save("/pub", &listing(1)).expect("save");
+        let mut found = stored_listings(dir.path()).expect("listings");
+        found.sort_by(|a, b| a.file.cmp(&b.file));
+        let mut whose: Vec<ListingId> = found.iter().map(|l| l.identity.clone().expect("intact")).collect();
+        whose.sort_by(|a, b| a.path.cmp(&b.path));
+        let want =
+            |path: &str| ListingId { server: "archive.example:21".into(), user: "anonymous".into(), path: path.into() };
+        assert_eq!(whose, vec![want("/pub"), want("/stage/anonymous")]);
+
+        let victim = &found[0];
+        let mut bytes = fs::read(&victim.file).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&victim.file, &bytes).expect("rewrite");
+        assert!(matches!(verify_listing(victim), Verdict::Removed(_)));
+        assert!(!victim.file.exists());
+        assert!(matches!(verify_listing(&found[1]), Verdict::Good));
+    }
+
+    #[test]
+    fn after_a_clear_the_next_save_counts_only_what_is_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        for path in ["/a", "/b", "/c"] {
+            s.save(path, &listing(10)).expect("save");
+        }
+        let one = s.used() / 3;
+        for path in ["/a", "/b"] {
+            fs::remove_file(s.file_path(&s.key(path))).expect("cleared");
+        }
+        fs::write(dir.path().join("cleared"), b"1").expect("stamp");
+        s.save("/d", &listing(10)).expect("save");
+        assert_eq!(s.used(), 2 * one);
+        assert_eq!(s.load("/c"), Some(listing(10)));
+    }
+
+    #[test]
+    fn the_format_1_layout_is_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("listings-v1/ab");
+        fs::create_dir_all(&old).expect("old layout");
+        fs::write(old.join("x.dir"), b"old").expect("old file");
+        let _s = store(dir.path());
+        assert!(!dir.path().join("listings-v1").exists());
     }
 
     #[test]

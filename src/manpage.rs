@@ -40,18 +40,29 @@ fn pages() -> Vec<clap::Command> {
     let mut root = command().disable_help_subcommand(true);
     root.build();
     let mut pages = vec![root.clone()];
-    pages.extend(root.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
+        pages.push(sub.clone());
+        // `mastfs cache du` and friends get pages of their own (mastfs-cache-du.1): their
+        // options appear nowhere else.
+        pages.extend(sub.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help").cloned());
+    }
     pages
+}
+
+/// `mount`, or `cache-du` for `mastfs cache du` (the page's name without `mastfs-`).
+fn page_name(page: &clap::Command) -> &str {
+    let full = page.get_display_name().unwrap_or(page.get_name());
+    full.strip_prefix("mastfs-").unwrap_or(full)
 }
 
 fn print_page(name: Option<&str>) -> Result<(), String> {
     let pages = pages();
     let page = match name {
         None => pages.first(),
-        Some(n) => pages.iter().skip(1).find(|p| p.get_name() == n || p.get_all_aliases().any(|a| a == n)),
+        Some(n) => pages.iter().skip(1).find(|p| page_name(p) == n || p.get_all_aliases().any(|a| a == n)),
     };
     let Some(page) = page else {
-        let names: Vec<&str> = pages.iter().skip(1).map(|p| p.get_name()).collect();
+        let names: Vec<&str> = pages.iter().skip(1).map(page_name).collect();
         return Err(format!("no page for {:?}; the commands are {}", name.unwrap_or(""), names.join(", ")));
     };
     let mut out = std::io::stdout().lock();
@@ -138,7 +149,7 @@ mod tests {
 
     fn page(name: &str) -> String {
         let pages = pages();
-        let p = pages.iter().find(|p| p.get_name() == name).unwrap_or_else(|| panic!("no page {name}"));
+        let p = pages.iter().find(|p| page_name(p) == name).unwrap_or_else(|| panic!("no page {name}"));
         String::from_utf8(render(p)).expect("UTF-8 page")
     }
 
@@ -163,6 +174,18 @@ mod tests {
         }
         assert!(text.contains(".SH \"MOUNT OPTIONS\""), "no -o section");
         assert!(text.contains("x\\-systemd"), "the -o section lost its content");
+    }
+
+    #[test]
+    fn each_cache_command_has_a_page_with_every_option() {
+        assert!(page("cache").contains("mastfs\\-cache\\-du(1)"), "{}", page("cache"));
+        for name in ["du", "clear", "verify"] {
+            let text = page(&format!("cache-{name}"));
+            assert!(text.contains(&format!(".TH mastfs-cache-{name} 1 ")), "{text}");
+            assert!(text.contains("\\-\\-cache\\-dir"), "{text}");
+        }
+        assert!(page("cache-clear").contains("\\-\\-host"));
+        assert!(page("cache-verify").contains(".SH \"EXIT STATUS\""), "{}", page("cache-verify"));
     }
 
     #[test]

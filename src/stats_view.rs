@@ -107,13 +107,13 @@ fn parse(text: &str) -> Vec<(String, u64)> {
 
 /// A mastfs mount as /proc/self/mountinfo lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct MountEntry {
-    mountpoint: PathBuf,
-    source: String,
+pub(crate) struct MountEntry {
+    pub(crate) mountpoint: PathBuf,
+    pub(crate) source: String,
 }
 
 /// The mastfs mounts in mountinfo text (fields: ... mount-point ... - fstype source ...).
-fn mastfs_mounts(mountinfo: &str) -> Vec<MountEntry> {
+pub(crate) fn mastfs_mounts(mountinfo: &str) -> Vec<MountEntry> {
     mountinfo
         .lines()
         .filter_map(|line| {
@@ -148,7 +148,7 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn read_mountinfo() -> String {
+pub(crate) fn read_mountinfo() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
 }
 

@@ -352,9 +352,18 @@ fn man_pages_are_produced_for_every_command() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let out = assert_ran(&mastfs(&["man", "--dir", dir.path().to_str().expect("UTF-8")]), "mastfs man --dir");
-    for name in
-        ["mastfs.1", "mastfs-mount.1", "mastfs-umount.1", "mastfs-stats.1", "mastfs-completions.1", "mastfs-man.1"]
-    {
+    for name in [
+        "mastfs.1",
+        "mastfs-mount.1",
+        "mastfs-umount.1",
+        "mastfs-stats.1",
+        "mastfs-cache.1",
+        "mastfs-cache-du.1",
+        "mastfs-cache-clear.1",
+        "mastfs-cache-verify.1",
+        "mastfs-completions.1",
+        "mastfs-man.1",
+    ] {
         let path = dir.path().join(name);
         assert!(path.is_file(), "{name} not written; mastfs printed:\n{out}");
         assert!(fs::read_to_string(&path).expect("read page").contains(".TH "), "{name} is not a man page");
@@ -371,15 +380,21 @@ fn man_pages_are_produced_for_every_command() {
         let text = assert_ran(&rendered, "man -l mastfs-mount.1");
         assert!(text.contains("MOUNT OPTIONS") && text.contains("--cache-dir"), "rendered page:\n{text}");
     }
+    let clear_page = assert_ran(&mastfs(&["man", "cache-clear"]), "mastfs man cache-clear");
+    assert!(clear_page.contains("\\-\\-host") && clear_page.contains("\\-\\-dry\\-run"), "{clear_page}");
 }
 
 #[test]
 fn help_covers_every_command() {
     let top = assert_ran(&mastfs(&["--help"]), "mastfs --help");
-    for command in ["mount", "umount", "stats", "completions", "man"] {
+    for command in ["mount", "umount", "stats", "cache", "completions", "man"] {
         assert!(top.contains(&format!("  {command} ")), "--help does not list {command}:\n{top}");
         let text = assert_ran(&mastfs(&[command, "--help"]), command);
         assert!(text.contains("Usage: mastfs"), "{command} --help:\n{text}");
+    }
+    for sub in ["du", "clear", "verify"] {
+        let text = assert_ran(&mastfs(&["cache", sub, "--help"]), sub);
+        assert!(text.contains(&format!("Usage: mastfs cache {sub}")) && text.contains("--cache-dir"), "{text}");
     }
     assert!(top.contains("mastfs SOURCE MOUNTPOINT"), "--help does not show the mount(8) form:\n{top}");
 }

@@ -19,9 +19,21 @@
 //! size, every checksum): a torn write, a bit flip, a truncated file or a file copied over
 //! another is detected, deleted and reported as a miss, never returned.
 //!
+//! Each per-file directory also holds `id`, the file's identity (server, user, path, size,
+//! mtime; never a password), written at the file's first put, so that `mastfs cache` can say
+//! which host and path a block belongs to: `magic 8 | version 4 | size 8 | mtime 8 | then
+//! server, user, path each as length u32 + UTF-8 | crc32(all before) 4`. It needs no key of its
+//! own: the SHA-256 of what it says must be the directory's name. Blocks written before it
+//! existed have none (they are "unknown" to `mastfs cache du`); the next put to that file adds it.
+//!
 //! The in-memory LRU index is a hint, not the truth: the disk is. Another mount may share the
 //! directory and delete or add blocks behind our back, so a load always validates what it
 //! reads, treats a vanished file as a miss and adopts a valid file the index did not know.
+//!
+//! `mastfs cache clear|verify` delete files behind a mount's back, then touch the cache
+//! directory's clear stamp (`cache_admin::ClearWatch`); a put that sees the stamp change (checked
+//! at most once a second) rescans the disk and drops from the index what is gone, so the mount's
+//! disk usage stays true and it does not evict live blocks to make room taken by nothing.
 //!
 //! Threads: FUSE threads load blocks, the cache writer thread stores them, fetch threads ask
 //! `probe`. Locking: one mutex guards the index, held only to update it; file I/O (reads,
@@ -42,6 +54,7 @@ use sha2::{Digest, Sha256};
 
 use super::BLOCK_SIZE;
 use super::block::RangeSet;
+use crate::cache_admin::{ClearWatch, Verdict};
 
 /// Version of the `FileId::key` encoding. Changing it orphans all existing blocks (they age out by LRU).
 const KEY_FORMAT_VERSION: u32 = 1;
@@ -56,6 +69,10 @@ const EXTENT_LEN: usize = 12;
 /// A block fragmented into more pieces than this is not worth a table; it is not stored.
 pub(crate) const MAX_EXTENTS: usize = 64;
 const BLOCK_EXT: &str = "blk";
+/// The identity record in each per-file directory.
+const ID_FILE: &str = "id";
+const ID_MAGIC: [u8; 8] = *b"MSTFSFID";
+const ID_FORMAT_VERSION: u32 = 1;
 const TMP_MARKER: &str = ".tmp.";
 /// A temp file older than this cannot belong to a put still in flight, even if its pid now
 /// names a live (reused) process.
@@ -158,6 +175,7 @@ pub(crate) struct BlockCache {
     corrupt: AtomicU64,
     evictions: AtomicU64,
     write_errors: AtomicU64,
+    cleared: ClearWatch,
 }
 
 /// Length of block `index` of a file of `size` bytes, or None past the end.
@@ -194,6 +212,8 @@ impl BlockCache {
             }
         }
 
+        // Before the scan: a clear during it is then seen by the first put.
+        let cleared = ClearWatch::new(dir);
         let mut found = scan(&root)?;
         // Oldest first, so that pushing in order leaves the most recently used at the front of the LRU.
         found.sort_by(|a, b| a.last_use.cmp(&b.last_use).then_with(|| a.key.cmp(&b.key)));
@@ -204,6 +224,7 @@ impl BlockCache {
             lru.put(f.key, f.size);
         }
         let cache = BlockCache {
+            cleared,
             root,
             capacity,
             index: Mutex::new(Index { lru, used, reserved: 0 }),
@@ -313,6 +334,9 @@ impl BlockCache {
         }
         let key = id.key();
         let bk = (key, index);
+        if self.cleared.changed() {
+            self.resync();
+        }
 
         let victims = {
             let mut ix = self.lock();
@@ -321,7 +345,7 @@ impl BlockCache {
         };
         self.remove_victims(victims);
 
-        let result = self.write_block(&key, index, len, extents);
+        let result = self.write_block(id, &key, index, len, extents);
 
         let victims = {
             let mut ix = self.lock();
@@ -381,7 +405,52 @@ impl BlockCache {
         }
     }
 
-    fn write_block(&self, key: &[u8; 32], index: u64, len: u64, extents: &[(usize, &[u8])]) -> io::Result<()> {
+    /// Makes the index agree with the disk after files were deleted behind its back: drops the
+    /// blocks that are gone, keeping the order of the rest, and adopts (as least recently used)
+    /// those it did not know. Only readdir and metadata; the index lock is held only to swap.
+    fn resync(&self) {
+        let found = match scan(&self.root) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("cache: cannot rescan {} after a clear: {e}", self.root.display());
+                return;
+            }
+        };
+        let mut on_disk: std::collections::HashMap<BlockKey, Found> = found.into_iter().map(|f| (f.key, f)).collect();
+        let mut ix = self.lock();
+        let kept: Vec<(BlockKey, u64)> =
+            ix.lru.iter().rev().filter(|(k, _)| on_disk.contains_key(*k)).map(|(k, s)| (*k, *s)).collect();
+        for (k, _) in &kept {
+            on_disk.remove(k);
+        }
+        let mut adopted: Vec<Found> = on_disk.into_values().collect();
+        adopted.sort_by(|a, b| a.last_use.cmp(&b.last_use).then_with(|| a.key.cmp(&b.key)));
+        let before = (ix.lru.len(), ix.used);
+        ix.lru.clear();
+        ix.used = 0;
+        for f in adopted {
+            ix.insert(f.key, f.size);
+        }
+        for (k, size) in kept {
+            ix.insert(k, size);
+        }
+        log::info!(
+            "cache: cleared behind this mount: index {} blocks ({} bytes) -> {} blocks ({} bytes)",
+            before.0,
+            before.1,
+            ix.lru.len(),
+            ix.used
+        );
+    }
+
+    fn write_block(
+        &self,
+        id: &FileId,
+        key: &[u8; 32],
+        index: u64,
+        len: u64,
+        extents: &[(usize, &[u8])],
+    ) -> io::Result<()> {
         let dir = self.file_dir(key);
         let path = self.block_path(key, index);
         let mut head = Vec::with_capacity(HEADER_LEN + EXTENT_LEN * extents.len());
@@ -393,15 +462,22 @@ impl BlockCache {
         // temp file is deleted by its own drop if anything below fails.
         let prefix = format!("{index:010}{TMP_MARKER}{}.", std::process::id());
         let create = || tempfile::Builder::new().prefix(&prefix).tempfile_in(&dir);
-        let result = match create() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // First block of this file, or the directory was just removed as empty by a
-                // failed put or by another mount's open; create it and try once more.
-                DirBuilder::new().recursive(true).mode(0o700).create(&dir).and_then(|()| create())
+        let mut created = create();
+        for _ in 0..3 {
+            match &created {
+                // First block of this file, or the directory was just removed as empty by a failed
+                // put, another mount's open or `mastfs cache clear` (which can do so again between
+                // the mkdir and the create: a lost race must not count as a failing disk). Once
+                // the temp file is in it, nothing removes the directory.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    created = DirBuilder::new().recursive(true).mode(0o700).create(&dir).and_then(|()| create());
+                }
+                _ => break,
             }
-            other => other,
         }
-        .and_then(|mut tmp| {
+        let result = created.and_then(|mut tmp| {
+            // Checked on every put, not only the first: a clear may have removed it since.
+            write_identity_if_missing(&dir, id);
             // Through the plain file: its errors keep their OS error code (ENOSPC, EROFS).
             let file = tmp.as_file_mut();
             file.write_all(&head)?;
@@ -412,6 +488,9 @@ impl BlockCache {
         });
         if result.is_err() {
             // Leave no empty directories behind either; rmdir refuses (harmlessly) if anything is in them.
+            if holds_only_identity(&dir) {
+                let _ = fs::remove_file(dir.join(ID_FILE));
+            }
             let _ = fs::remove_dir(&dir);
             if let Some(parent) = dir.parent() {
                 let _ = fs::remove_dir(parent);
@@ -432,6 +511,76 @@ fn make_private_dir(dir: &Path) -> io::Result<()> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// Whether the identity record is all that `dir` holds: it then names nothing.
+pub(crate) fn holds_only_identity(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == ID_FILE)))
+}
+
+/// Writes `dir/id` unless it is there. A failure costs only the name in `mastfs cache du`.
+fn write_identity_if_missing(dir: &Path, id: &FileId) {
+    let path = dir.join(ID_FILE);
+    if fs::symlink_metadata(&path).is_ok() {
+        return;
+    }
+    let prefix = format!("{ID_FILE}{TMP_MARKER}{}.", std::process::id());
+    let written = tempfile::Builder::new().prefix(&prefix).tempfile_in(dir).and_then(|mut tmp| {
+        tmp.as_file_mut().write_all(&encode_identity(id))?;
+        tmp.persist(&path).map(drop).map_err(|e| e.error)
+    });
+    if let Err(e) = written {
+        log::debug!("cache: cannot record the identity of {}: {e}", dir.display());
+    }
+}
+
+fn encode_identity(id: &FileId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + id.server.len() + id.user.len() + id.path.len());
+    out.extend_from_slice(&ID_MAGIC);
+    out.extend_from_slice(&ID_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&id.size.to_le_bytes());
+    out.extend_from_slice(&id.mtime.to_le_bytes());
+    for field in [&id.server, &id.user, &id.path] {
+        out.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The identity `bytes` record, if they are intact and name the file of `key`.
+fn decode_identity(bytes: &[u8], key: &[u8; 32]) -> Result<FileId, String> {
+    let (body, crc) = bytes.split_at_checked(bytes.len().saturating_sub(4)).ok_or("empty")?;
+    if bytes.len() < 32 + 12 || crc32fast::hash(body) != le_u32(crc) {
+        return Err("identity record checksum mismatch".into());
+    }
+    if body[0..8] != ID_MAGIC {
+        return Err("not an identity record".into());
+    }
+    let version = le_u32(&body[8..12]);
+    if version != ID_FORMAT_VERSION {
+        return Err(format!("identity record version {version}"));
+    }
+    let size = le_u64(&body[12..20]);
+    let mtime = le_u64(&body[20..28]) as i64;
+    let mut at = 28;
+    let mut text = || -> Result<String, String> {
+        let len = body.get(at..at + 4).map(le_u32).ok_or("truncated identity record")? as usize;
+        let end = (at + 4).checked_add(len).filter(|&e| e <= body.len()).ok_or("truncated identity record")?;
+        let s = String::from_utf8(body[at + 4..end].to_vec()).map_err(|_| "identity record is not UTF-8")?;
+        at = end;
+        Ok(s)
+    };
+    let (server, user, path) = (text()?, text()?, text()?);
+    if at != body.len() {
+        return Err("bytes after the identity record".into());
+    }
+    let id = FileId { server, user, path, size, mtime };
+    if &id.key() != key {
+        return Err("identity record of another file".into());
+    }
+    Ok(id)
 }
 
 fn encode_header(key: &[u8; 32], index: u64, len: u64, extents: &[(usize, &[u8])]) -> [u8; HEADER_LEN] {
@@ -623,7 +772,10 @@ fn scan(root: &Path) -> io::Result<Vec<Found>> {
             {
                 continue;
             }
-            scan_file_dir(&file_dir.path(), key, &mut found);
+            if !scan_file_dir(&file_dir.path(), key, &mut found) {
+                // An identity without blocks (all evicted) names nothing any more.
+                let _ = fs::remove_file(file_dir.path().join(ID_FILE));
+            }
             // Succeeds only when nothing is left, which is exactly when the directory is useless.
             let _ = fs::remove_dir(file_dir.path());
         }
@@ -631,10 +783,12 @@ fn scan(root: &Path) -> io::Result<Vec<Found>> {
     Ok(found)
 }
 
-fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) {
+/// Whether `dir` still holds a block or a live writer's temp file.
+fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) -> bool {
     let Ok(entries) = fs::read_dir(dir) else {
-        return;
+        return true;
     };
+    let mut busy = false;
     let largest = (HEADER_LEN + EXTENT_LEN * MAX_EXTENTS) as u64 + BLOCK_SIZE;
     for entry in entries {
         let Ok(entry) = entry else { continue };
@@ -647,6 +801,8 @@ fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) {
         if let Some((_, owner)) = name.split_once(TMP_MARKER) {
             if tmp_is_stale(owner, &meta) {
                 let _ = fs::remove_file(entry.path());
+            } else {
+                busy = true;
             }
             continue;
         }
@@ -666,6 +822,151 @@ fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) {
         let atime = meta.accessed().unwrap_or(SystemTime::UNIX_EPOCH);
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         found.push(Found { key: (key, index), size, last_use: atime.max(mtime) });
+        busy = true;
+    }
+    busy
+}
+
+/// What one per-file directory holds, as `mastfs cache` sees it.
+pub(crate) struct StoredFile {
+    pub(crate) dir: PathBuf,
+    key: [u8; 32],
+    pub(crate) identity: Identity,
+    pub(crate) blocks: Vec<StoredBlock>,
+    /// Temp files whose writer is gone.
+    pub(crate) stale_temps: Vec<PathBuf>,
+}
+
+pub(crate) enum Identity {
+    Known(FileId),
+    /// Written before identities were recorded, or removed by a clear racing a put.
+    Missing,
+    /// A record that fails its checks: the reason.
+    Damaged(String),
+}
+
+pub(crate) struct StoredBlock {
+    pub(crate) index: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
+}
+
+impl StoredFile {
+    pub(crate) fn identity_path(&self) -> PathBuf {
+        self.dir.join(ID_FILE)
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.blocks.iter().map(|b| b.size).sum()
+    }
+}
+
+/// Every per-file directory of the block cache in `cache_dir`, with its identity read and
+/// checked (readdir, metadata and the small `id` files only; blocks are not opened). Nothing is
+/// changed. A cache directory without a block layout holds nothing.
+pub(crate) fn stored_files(cache_dir: &Path) -> io::Result<Vec<StoredFile>> {
+    let root = cache_dir.join(LAYOUT_DIR);
+    let shards = match fs::read_dir(&root) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for shard in shards {
+        let shard = shard?;
+        if !shard.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let files = match fs::read_dir(shard.path()) {
+            Ok(f) => f,
+            // Removed as empty (by a clear) since the layout was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for file_dir in files {
+            let file_dir = file_dir?;
+            let Some(key) = file_dir.file_name().to_str().and_then(unhex_key) else { continue };
+            if !file_dir.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            out.push(stored_file(file_dir.path(), key));
+        }
+    }
+    Ok(out)
+}
+
+fn stored_file(dir: PathBuf, key: [u8; 32]) -> StoredFile {
+    let identity = match fs::read(dir.join(ID_FILE)) {
+        Ok(bytes) => match decode_identity(&bytes, &key) {
+            Ok(id) => Identity::Known(id),
+            Err(why) => Identity::Damaged(why),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Identity::Missing,
+        Err(e) => Identity::Damaged(format!("cannot read it: {e}")),
+    };
+    let mut file = StoredFile { dir, key, identity, blocks: Vec::new(), stale_temps: Vec::new() };
+    // Vanished since the parent was listed (a mount evicted it): it holds nothing.
+    let Ok(entries) = fs::read_dir(&file.dir) else { return file };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        if let Some((_, owner)) = name.split_once(TMP_MARKER) {
+            if tmp_is_stale(owner, &meta) {
+                file.stale_temps.push(entry.path());
+            }
+            continue;
+        }
+        let index = name.strip_suffix(BLOCK_EXT).and_then(|n| n.strip_suffix('.')).and_then(|n| n.parse::<u64>().ok());
+        if let Some(index) = index {
+            file.blocks.push(StoredBlock { index, path: entry.path(), size: meta.len() });
+        }
+    }
+    file.blocks.sort_by_key(|b| b.index);
+    file
+}
+
+/// Checks one block file exactly as a mount's load does (for a file of unknown identity,
+/// everything but the block length its size implies) and deletes it if it is bad.
+pub(crate) fn verify_block(file: &StoredFile, block: &StoredBlock) -> Verdict {
+    let expected = match &file.identity {
+        Identity::Known(id) => match block_len(id.size, block.index) {
+            Some(len) => len,
+            None => {
+                let why = format!("block {} is past the end of a {}-byte file", block.index, id.size);
+                return match File::open(&block.path) {
+                    Ok(f) => {
+                        remove_if_same_file(&block.path, &f);
+                        Verdict::Removed(why)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Verdict::Gone,
+                    Err(e) => Verdict::Unreadable(e),
+                };
+            }
+        },
+        Identity::Missing | Identity::Damaged(_) => {
+            let mut header = [0u8; HEADER_LEN];
+            match File::open(&block.path).and_then(|mut f| f.read_exact(&mut header)) {
+                Ok(()) => u64::from(le_u32(&header[52..56])).clamp(1, BLOCK_SIZE),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Verdict::Gone,
+                // Too short for a header: the full check below says so and removes it.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 1,
+                Err(e) => return Verdict::Unreadable(e),
+            }
+        }
+    };
+    let mut buf = vec![0u8; expected as usize];
+    match read_block(&block.path, &file.key, block.index, expected, &mut buf) {
+        ReadOutcome::Valid(..) => Verdict::Good,
+        ReadOutcome::Missing => Verdict::Gone,
+        ReadOutcome::Unreadable(e) => Verdict::Unreadable(e),
+        ReadOutcome::Corrupt(why, f) => {
+            remove_if_same_file(&block.path, &f);
+            Verdict::Removed(why)
+        }
     }
 }
 
@@ -747,7 +1048,7 @@ mod tests {
                 let p = e.expect("dir entry").path();
                 if fs::symlink_metadata(&p).expect("metadata").is_dir() {
                     stack.push(p);
-                } else {
+                } else if p.file_name().is_none_or(|n| n != ID_FILE) {
                     out.push(p);
                 }
             }
@@ -972,6 +1273,115 @@ mod tests {
         assert!(!cache.contains(&f, 0));
         let s = cache.stats();
         assert_eq!((s.corrupt, s.misses, s.hits, s.blocks), (1, 1, 0, 0));
+    }
+
+    #[test]
+    fn each_cached_file_records_whose_it_is_and_the_password_is_nowhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+        let f = id("/stage/anonymous/x.fits", 2 * BLOCK_SIZE);
+        put(&cache, &f, 0);
+        put(&cache, &f, 1);
+        let stored = stored_files(dir.path()).expect("stored files");
+        assert_eq!(stored.len(), 1);
+        match &stored[0].identity {
+            Identity::Known(found) => assert_eq!(found, &f),
+            _ => panic!("identity not recorded"),
+        }
+        assert_eq!(stored[0].blocks.iter().map(|b| b.index).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(stored[0].bytes(), 2 * (H + BLOCK_SIZE));
+        assert_eq!(mode(&stored[0].identity_path()), 0o600);
+
+        // A record copied into another file's directory names the wrong file: not believed.
+        let g = id("/other", 100);
+        put(&cache, &g, 0);
+        fs::copy(cache.file_dir(&f.key()).join(ID_FILE), cache.file_dir(&g.key()).join(ID_FILE)).expect("copy");
+        let stored = stored_files(dir.path()).expect("stored files");
+        let other = stored.iter().find(|s| s.key == g.key()).expect("g");
+        assert!(matches!(&other.identity, Identity::Damaged(why) if why.contains("another file")));
+
+        for garbage in [&b"xx"[..], &[0u8; 60][..]] {
+            fs::write(cache.file_dir(&g.key()).join(ID_FILE), garbage).expect("garbage");
+            let stored = stored_files(dir.path()).expect("stored files");
+            let other = stored.iter().find(|s| s.key == g.key()).expect("g");
+            assert!(matches!(&other.identity, Identity::Damaged(_)), "{garbage:?}");
+        }
+
+        // Removed behind the cache's back (a clear racing a put): the next put writes it again.
+        fs::remove_file(cache.file_dir(&f.key()).join(ID_FILE)).expect("rm id");
+        put(&cache, &f, 1);
+        assert!(cache.file_dir(&f.key()).join(ID_FILE).exists());
+    }
+
+    #[test]
+    fn verify_removes_a_flipped_byte_and_keeps_good_blocks_known_or_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+        let f = id("/a", 2 * BLOCK_SIZE + 10);
+        for i in 0..3 {
+            put(&cache, &f, i);
+        }
+        let bad = cache.block_path(&f.key(), 1);
+        let mut bytes = fs::read(&bad).expect("block");
+        bytes[H as usize + 77] ^= 0x20;
+        fs::write(&bad, &bytes).expect("rewrite");
+        let stored = stored_files(dir.path()).expect("stored");
+        let verdicts: Vec<_> = stored[0].blocks.iter().map(|b| verify_block(&stored[0], b)).collect();
+        assert!(matches!(verdicts[0], Verdict::Good));
+        assert!(matches!(&verdicts[1], Verdict::Removed(why) if why.contains("checksum")));
+        assert!(matches!(verdicts[2], Verdict::Good));
+        assert!(!bad.exists());
+
+        // Without its identity a block is still checked in full.
+        fs::remove_file(cache.file_dir(&f.key()).join(ID_FILE)).expect("rm id");
+        let last = cache.block_path(&f.key(), 2);
+        let mut bytes = fs::read(&last).expect("block");
+        *bytes.last_mut().expect("not empty") ^= 1;
+        fs::write(&last, &bytes).expect("rewrite");
+        let stored = stored_files(dir.path()).expect("stored");
+        assert!(matches!(stored[0].identity, Identity::Missing));
+        let verdicts: Vec<_> = stored[0].blocks.iter().map(|b| verify_block(&stored[0], b)).collect();
+        assert!(matches!(verdicts[0], Verdict::Good));
+        assert!(matches!(verdicts[1], Verdict::Removed(_)));
+        assert_eq!(cache.get(&f, 0), Some(content(&f, 0)));
+        assert_eq!(cache.get(&f, 2), None);
+    }
+
+    #[test]
+    fn after_a_clear_the_next_put_drops_vanished_blocks_from_the_accounting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let capacity = 3 * (H + 5000);
+        let cache = BlockCache::open(dir.path(), capacity).expect("open");
+        let files: Vec<FileId> = (0..3).map(|n| id(&format!("/f{n}"), 5000)).collect();
+        for f in &files {
+            put(&cache, f, 0);
+        }
+        assert_eq!(cache.stats().bytes_used, capacity);
+        // What `mastfs cache clear /f1` and `/f2` do: delete the files, then touch the stamp.
+        fs::remove_dir_all(cache.file_dir(&files[1].key())).expect("clear f1");
+        fs::remove_dir_all(cache.file_dir(&files[2].key())).expect("clear f2");
+        fs::write(dir.path().join("cleared"), b"1").expect("stamp");
+        let g = id("/g", 5000);
+        put(&cache, &g, 0);
+        let s = cache.stats();
+        assert_eq!((s.blocks, s.bytes_used, s.evictions), (2, 2 * (H + 5000), 0), "f0 was not evicted for nothing");
+        assert_eq!(cache.get(&files[0], 0), Some(content(&files[0], 0)));
+        assert_eq!(disk_bytes(&cache.root), s.bytes_used);
+    }
+
+    #[test]
+    fn an_evicted_files_identity_goes_at_the_next_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = id("/a", 1000);
+        let file_dir = {
+            let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+            put(&cache, &f, 0);
+            fs::remove_file(cache.block_path(&f.key(), 0)).expect("evicted");
+            cache.file_dir(&f.key())
+        };
+        assert!(file_dir.join(ID_FILE).exists());
+        let _cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("reopen");
+        assert!(!file_dir.exists());
     }
 
     #[test]

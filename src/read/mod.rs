@@ -33,7 +33,7 @@
 //! queue are leaves.
 
 mod block;
-mod disk;
+pub(crate) mod disk;
 mod fetch;
 mod loader;
 mod memory;
