@@ -275,6 +275,35 @@ fn plural(n: u64, what: &str) -> String {
 }
 
 /// `1536` -> `1.5 KiB`.
+/// The entries of a sharded layout directory (`ROOT/<2 hex>/<entry>`), as the block cache and
+/// the listing store both lay theirs out: what is in each shard directory, in no order. A
+/// missing layout holds nothing, and a shard a concurrent clear removed as empty is skipped;
+/// any other error is the caller's, as a count from a half-read cache would be wrong.
+pub(crate) fn layout_entries(root: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    let shards = match fs::read_dir(root) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for shard in shards {
+        let shard = shard?;
+        if !shard.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        match fs::read_dir(shard.path()) {
+            Ok(entries) => {
+                for entry in entries {
+                    out.push(entry?);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn human(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = n as f64;

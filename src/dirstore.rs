@@ -387,40 +387,21 @@ pub(crate) struct StoredListing {
 
 /// Every listing file in `cache_dir`, each read and checked; nothing is changed.
 pub(crate) fn stored_listings(cache_dir: &Path) -> io::Result<Vec<StoredListing>> {
-    let root = cache_dir.join(LAYOUT_DIR);
-    let shards = match fs::read_dir(&root) {
-        Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut out = Vec::new();
-    for shard in shards {
-        let shard = shard?;
-        if !shard.file_type().is_ok_and(|t| t.is_dir()) {
+    for entry in crate::cache_admin::layout_entries(&cache_dir.join(LAYOUT_DIR))? {
+        let name = entry.file_name();
+        let Some(key) = name.to_str().and_then(|n| n.strip_suffix(&format!(".{EXT}"))).and_then(unhex) else {
             continue;
-        }
-        let files = match fs::read_dir(shard.path()) {
-            Ok(f) => f,
-            // Removed as empty (by a clear) since the layout was listed.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
         };
-        for entry in files {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(&format!(".{EXT}"))).and_then(unhex) else {
-                continue;
-            };
-            let Ok(meta) = entry.metadata() else { continue };
-            let file = entry.path();
-            let identity = match read_record(&file, &key) {
-                Loaded::Valid(_, _, _, _, id) => Ok(id),
-                Loaded::Missing => continue,
-                Loaded::Unreadable(e) => Err(format!("cannot read it: {e}")),
-                Loaded::Corrupt(why, _) => Err(why),
-            };
-            out.push(StoredListing { file, key, size: meta.len(), identity });
-        }
+        let Ok(meta) = entry.metadata() else { continue };
+        let file = entry.path();
+        let identity = match read_record(&file, &key) {
+            Loaded::Valid(_, _, _, _, id) => Ok(id),
+            Loaded::Missing => continue,
+            Loaded::Unreadable(e) => Err(format!("cannot read it: {e}")),
+            Loaded::Corrupt(why, _) => Err(why),
+        };
+        out.push(StoredListing { file, key, size: meta.len(), identity });
     }
     Ok(out)
 }

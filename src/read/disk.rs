@@ -865,32 +865,13 @@ impl StoredFile {
 /// checked (readdir, metadata and the small `id` files only; blocks are not opened). Nothing is
 /// changed. A cache directory without a block layout holds nothing.
 pub(crate) fn stored_files(cache_dir: &Path) -> io::Result<Vec<StoredFile>> {
-    let root = cache_dir.join(LAYOUT_DIR);
-    let shards = match fs::read_dir(&root) {
-        Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut out = Vec::new();
-    for shard in shards {
-        let shard = shard?;
-        if !shard.file_type().is_ok_and(|t| t.is_dir()) {
+    for file_dir in crate::cache_admin::layout_entries(&cache_dir.join(LAYOUT_DIR))? {
+        let Some(key) = file_dir.file_name().to_str().and_then(unhex_key) else { continue };
+        if !file_dir.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let files = match fs::read_dir(shard.path()) {
-            Ok(f) => f,
-            // Removed as empty (by a clear) since the layout was listed.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for file_dir in files {
-            let file_dir = file_dir?;
-            let Some(key) = file_dir.file_name().to_str().and_then(unhex_key) else { continue };
-            if !file_dir.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            out.push(stored_file(file_dir.path(), key));
-        }
+        out.push(stored_file(file_dir.path(), key));
     }
     Ok(out)
 }
