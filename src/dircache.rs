@@ -388,6 +388,30 @@ mod tests {
         (Arc::new(DirCache::new(r, Arc::clone(&inodes), "/", ttl, fallback)), inodes)
     }
 
+    /// Far beyond [`REFRESH_GRACE`], the longest an expired answer waits for its refresh.
+    const ANSWERED_WITHIN: Duration = Duration::from_secs(5);
+
+    /// Runs `calls` on a thread of its own while listings on `remote` are stalled. If they are
+    /// still waiting after [`ANSWERED_WITHIN`] the test fails instead of hanging: the stall is
+    /// released first, so the stuck calls end too.
+    fn while_listings_stall<T: Send + 'static>(
+        remote: &Arc<FakeRemote>,
+        calls: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        remote.faults().stall_lists.store(true, Ordering::SeqCst);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(calls());
+        });
+        let result = rx.recv_timeout(ANSWERED_WITHIN);
+        if result.is_err() {
+            remote.faults().stall_lists.store(false, Ordering::SeqCst);
+        }
+        result.unwrap_or_else(|_| {
+            panic!("still waiting for a stalled server after {ANSWERED_WITHIN:?}: the cached answer did not serve")
+        })
+    }
+
     fn names(inodes: &Mutex<Inodes>, dir: u64) -> Vec<String> {
         let t = inodes.lock();
         let mut v: Vec<String> =
@@ -431,10 +455,12 @@ mod tests {
         dirs.ensure_listing(ROOT).expect("first listing");
         remote.put("/b", vec![2]);
         // The server stops answering listings until released.
-        remote.faults().stall_lists.store(true, Ordering::SeqCst);
-        for _ in 0..5 {
-            dirs.ensure_listing(ROOT).expect("answered from the cached listing");
-        }
+        let answered = Arc::clone(&dirs);
+        while_listings_stall(&remote, move || {
+            for _ in 0..5 {
+                answered.ensure_listing(ROOT).expect("answered from the cached listing");
+            }
+        });
         assert_eq!(names(&inodes, ROOT), ["a"], "the old listing answers meanwhile");
         assert_eq!(remote.lists(), 2, "one refresh running, no second one");
         remote.faults().stall_lists.store(false, Ordering::SeqCst);
@@ -476,10 +502,12 @@ mod tests {
         let (dirs, inodes) = cache(&remote, Duration::ZERO);
         dirs.ensure_stat(ROOT, "a").expect("first stat");
         dirs.ensure_stat(ROOT, "gone").expect("a miss is an answer too");
-        remote.faults().stall_lists.store(true, Ordering::SeqCst);
-        for name in ["a", "gone", "a", "gone"] {
-            dirs.ensure_stat(ROOT, name).expect("answered from the earlier stat");
-        }
+        let answered = Arc::clone(&dirs);
+        while_listings_stall(&remote, move || {
+            for name in ["a", "gone", "a", "gone"] {
+                answered.ensure_stat(ROOT, name).expect("answered from the earlier stat");
+            }
+        });
         assert_eq!(remote.stats(), 4, "two first stats, one refresh of each");
         let t = inodes.lock();
         assert!(t.by_name(ROOT, "a").is_some() && t.missing_since(ROOT, "gone").is_some());

@@ -26,11 +26,10 @@
 //! never during file I/O, and may be taken while `merge` is held, never the other way round.
 //! Between processes the last rename wins, and every file on disk is whole.
 
-use std::fs::{self, DirBuilder, File, FileTimes, OpenOptions};
+use std::fs::{self, DirBuilder, File, FileTimes};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use lru::LruCache;
@@ -61,9 +60,6 @@ pub const MAX_PARTIAL_ENTRIES: usize = 4096;
 /// No single listing may take more than this share of the store, so that one huge directory
 /// cannot evict every other.
 const MAX_SHARE: u64 = 4;
-
-/// Distinguishes the temp files of concurrent writes in one process.
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// What is kept about one directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,20 +284,18 @@ impl DirStore {
         }
         let shard = file.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
         make_private_dir(&shard)?;
-        let tmp = shard.join(format!(
-            "{}{TMP_MARKER}{}.{}",
-            hex(&key),
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
         let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
         bytes.extend_from_slice(&encode_header(&key, flags, &payload));
         bytes.extend_from_slice(&payload);
-        let written = create_tmp(&tmp).and_then(|mut f| f.write_all(&bytes)).and_then(|()| fs::rename(&tmp, &file));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        // tempfile picks a name no concurrent writer (of this process or another) has, creates
+        // it 0600, and deletes it if anything below fails; the marker lets `scan` remove one
+        // that a killed writer left behind.
+        let prefix = format!("{}{TMP_MARKER}{}.", hex::encode(key), std::process::id());
+        tempfile::Builder::new().prefix(&prefix).tempfile_in(&shard).and_then(|mut tmp| {
+            // Through the plain file: its errors keep their OS error code (ENOSPC, EROFS).
+            tmp.as_file_mut().write_all(&bytes)?;
+            tmp.persist(&file).map(drop).map_err(|e| e.error)
+        })?;
         let seen = fs::metadata(&file).ok().map(|m| (digest, m.ino()));
         let victims = {
             let mut ix = self.index.lock();
@@ -319,7 +313,7 @@ impl DirStore {
     }
 
     fn file_path(&self, key: &[u8; 32]) -> PathBuf {
-        let hex = hex(key);
+        let hex = hex::encode(key);
         self.root.join(&hex[..2]).join(format!("{hex}.{EXT}"))
     }
 
@@ -715,19 +709,12 @@ fn scan(root: &Path) -> io::Result<Vec<([u8; 32], u64, SystemTime)>> {
     Ok(found)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
+/// The key a record file's name spells: exactly the lowercase hex `file_path` writes, so a
+/// file named otherwise (upper case, a sign, another length) is not taken for a record.
 fn unhex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(text, &mut key).ok()?;
+    (hex::encode(key) == text).then_some(key)
 }
 
 /// Creates `dir` (and its parents) with mode 0700, and tightens an existing one that is looser.
@@ -741,10 +728,6 @@ fn make_private_dir(dir: &Path) -> io::Result<()> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
-}
-
-fn create_tmp(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
 }
 
 /// Removes `path` only if it is still the file `open` refers to: another writer may have
@@ -1104,6 +1087,15 @@ mod tests {
         let _reopened = store(&cache);
         assert!(!old.exists(), "a stale temp file is removed");
         assert!(fresh.exists(), "a recent one may belong to a live writer");
+    }
+
+    #[test]
+    fn only_the_lowercase_hex_of_a_key_names_a_record() {
+        let key = [0xab; 32];
+        assert_eq!(unhex(&hex::encode(key)), Some(key));
+        assert_eq!(unhex(&hex::encode_upper(key)), None, "file_path never writes upper case");
+        assert_eq!(unhex(&format!("+b{}", &hex::encode(key)[2..])), None, "nor a sign");
+        assert_eq!(unhex(&hex::encode([0xab; 31])), None, "nor another length");
     }
 
     #[test]

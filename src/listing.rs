@@ -8,7 +8,6 @@
 //! panic, and work is linear in the line length.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::remote::{EntryKind, NAME_MAX, RemoteEntry, TARGET_MAX};
@@ -46,8 +45,10 @@ pub struct Listing {
     pub warnings: Vec<String>,
 }
 
-/// A listing line that could not be turned into an entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A listing line that could not be turned into an entry. The line is shown with Debug
+/// quoting, which escapes control characters, so a hostile line cannot forge log lines.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} in {excerpt:?}")]
 pub struct ParseError {
     reason: String,
     excerpt: String,
@@ -58,15 +59,6 @@ impl ParseError {
         ParseError { reason: reason.into(), excerpt: excerpt(line) }
     }
 }
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Debug quoting escapes control characters, so a hostile line cannot forge log lines.
-        write!(f, "{} in {:?}", self.reason, self.excerpt)
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 fn excerpt(s: &str) -> String {
     match s.char_indices().nth(EXCERPT_CHARS) {

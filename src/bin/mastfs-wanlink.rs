@@ -33,7 +33,6 @@
 //! atomics and each direction's queue belongs to its thread.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -46,6 +45,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
 
 /// virtio_net_hdr without `num_buffers`: the TUN default.
 const VNET_HDR_LEN: usize = 10;
@@ -208,21 +208,19 @@ struct Counters {
 }
 
 impl Counters {
-    fn json(&self) -> String {
+    fn json(&self) -> Value {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "{{\"packets\":{},\"ip_bytes\":{},\"wire_bytes\":{},\"payload_bytes\":{},\"dropped_packets\":{},\
-\"dropped_wire_bytes\":{},\"held_packets\":{},\"held_wire_bytes\":{},\"write_errors\":{}}}",
-            g(&self.packets),
-            g(&self.ip_bytes),
-            g(&self.wire_bytes),
-            g(&self.payload_bytes),
-            g(&self.dropped_packets),
-            g(&self.dropped_wire_bytes),
-            g(&self.held_packets),
-            g(&self.held_wire_bytes),
-            g(&self.write_errors),
-        )
+        json!({
+            "packets": g(&self.packets),
+            "ip_bytes": g(&self.ip_bytes),
+            "wire_bytes": g(&self.wire_bytes),
+            "payload_bytes": g(&self.payload_bytes),
+            "dropped_packets": g(&self.dropped_packets),
+            "dropped_wire_bytes": g(&self.dropped_wire_bytes),
+            "held_packets": g(&self.held_packets),
+            "held_wire_bytes": g(&self.held_wire_bytes),
+            "write_errors": g(&self.write_errors),
+        })
     }
 }
 
@@ -524,7 +522,7 @@ impl Direction {
 // ------------------------------------------------------------------ control socket
 
 /// Transmit/receive drop counters of the devices, from the namespace each lives in.
-fn kernel_drops(net_dev: &Path, dev: &str) -> String {
+fn kernel_drops(net_dev: &Path, dev: &str) -> Value {
     let text = std::fs::read_to_string(net_dev).unwrap_or_default();
     for line in text.lines() {
         let Some((name, rest)) = line.split_once(':') else { continue };
@@ -533,10 +531,10 @@ fn kernel_drops(net_dev: &Path, dev: &str) -> String {
         }
         let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
         if f.len() >= 12 {
-            return format!("{{\"rx_dropped\":{},\"tx_dropped\":{}}}", f[3], f[11]);
+            return json!({ "rx_dropped": f[3], "tx_dropped": f[11] });
         }
     }
-    "null".into()
+    Value::Null
 }
 
 struct Stats {
@@ -549,15 +547,16 @@ struct Stats {
 }
 
 impl Stats {
-    fn json(&self) -> String {
-        format!(
-            "{{\"uptime_s\":{:.6},\"up\":{},\"down\":{},\"kernel\":{{\"client_dev\":{},\"server_dev\":{}}}}}",
-            self.started.elapsed().as_secs_f64(),
-            self.up.json(),
-            self.down.json(),
-            kernel_drops(Path::new("/proc/self/net/dev"), &self.client_dev),
-            kernel_drops(&PathBuf::from(format!("/proc/self/task/{}/net/dev", self.ns_tid)), &self.server_dev),
-        )
+    fn json(&self) -> Value {
+        json!({
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "up": self.up.json(),
+            "down": self.down.json(),
+            "kernel": {
+                "client_dev": kernel_drops(Path::new("/proc/self/net/dev"), &self.client_dev),
+                "server_dev": kernel_drops(&PathBuf::from(format!("/proc/self/task/{}/net/dev", self.ns_tid)), &self.server_dev),
+            },
+        })
     }
 }
 
@@ -568,27 +567,11 @@ fn serve_control(listener: UnixListener, stats: Stats) {
         let mut line = String::new();
         // Any request line (or none) gets the counters.
         let _ = BufReader::new(&conn).read_line(&mut line);
-        let _ = conn.write_all((stats.json() + "\n").as_bytes());
+        let _ = conn.write_all(format!("{}\n", stats.json()).as_bytes());
     }
 }
 
 // ------------------------------------------------------------------ set-up and clean-up
-
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
 
 /// Third octets of 198.18.N.x addresses already on this side's devices.
 fn subnets_in_use() -> Vec<u8> {
@@ -852,22 +835,22 @@ fn serve(
     }
 
     let pid = std::process::id();
-    println!(
-        "{{\"pid\":{pid},\"netns\":{},\"client_addr\":\"{}\",\"server_addr\":\"{}\",\"client_dev\":{},\
-\"server_dev\":{},\"rtt_ms\":{},\"rate_mbit\":{},\"queue_bytes\":{},\"mtu\":{},\"offload\":\"{}\",\"tick_us\":{},\"control\":{}}}",
-        json_str(&format!("/proc/{pid}/task/{}/ns/net", ns.tid)),
-        cfg.client_addr,
-        cfg.server_addr,
-        json_str(&cfg.client_dev),
-        json_str(&cfg.server_dev),
-        cfg.rtt_ms,
-        cfg.rate_mbit,
-        cfg.queue_cap,
-        cfg.mtu,
-        format!("{:?}", cfg.offload).to_lowercase(),
-        cfg.tick.as_micros(),
-        json_str(&cfg.control.to_string_lossy()),
-    );
+    let ready = json!({
+        "pid": pid,
+        "netns": format!("/proc/{pid}/task/{}/ns/net", ns.tid),
+        "client_addr": cfg.client_addr.to_string(),
+        "server_addr": cfg.server_addr.to_string(),
+        "client_dev": cfg.client_dev,
+        "server_dev": cfg.server_dev,
+        "rtt_ms": cfg.rtt_ms,
+        "rate_mbit": cfg.rate_mbit,
+        "queue_bytes": cfg.queue_cap,
+        "mtu": cfg.mtu,
+        "offload": format!("{:?}", cfg.offload).to_lowercase(),
+        "tick_us": cfg.tick.as_micros() as u64,
+        "control": cfg.control.to_string_lossy(),
+    });
+    println!("{ready}");
     io::stdout().flush()?;
 
     let code = match events_rx.recv() {
@@ -939,6 +922,23 @@ mod tests {
         // 1 ms later one packet has left the queue, so one more fits (and only one).
         assert!(link.admit(t0 + ms(1), 1000).is_some());
         assert_eq!(link.admit(t0 + ms(1), 1000), None);
+    }
+
+    #[test]
+    fn the_counters_and_the_kernels_drop_counts_read_back_as_json() {
+        let c = Counters::default();
+        c.packets.store(3, Ordering::Relaxed);
+        c.write_errors.store(u64::MAX, Ordering::Relaxed);
+        let parsed: Value = serde_json::from_str(&c.json().to_string()).expect("valid JSON");
+        assert_eq!((parsed["packets"].as_u64(), parsed["write_errors"].as_u64()), (Some(3), Some(u64::MAX)));
+        assert_eq!(parsed["held_wire_bytes"].as_u64(), Some(0));
+        // /proc/net/dev: two header lines, then the receive and transmit columns per device.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = dir.path().join("dev");
+        let line = (1..=16).map(|n| n.to_string()).collect::<Vec<_>>().join(" ");
+        std::fs::write(&dev, format!("Inter-|   Receive\n face |bytes\n  wl0: {line}\n")).expect("write");
+        assert_eq!(kernel_drops(&dev, "wl0"), json!({ "rx_dropped": 4, "tx_dropped": 12 }));
+        assert_eq!(kernel_drops(&dev, "other"), Value::Null);
     }
 
     #[test]

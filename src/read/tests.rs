@@ -317,6 +317,34 @@ fn a_stalled_server_fails_a_read_within_its_deadline() {
 }
 
 #[test]
+fn the_kernels_retry_of_a_read_that_timed_out_fails_at_once_and_a_later_read_asks_again() {
+    let data = pattern((3 * MIB) as usize, 2);
+    let remote = FakeRemote::with_file("/s", data.clone());
+    let timeout = Duration::from_millis(300);
+    let (rp, _) = read_path(&remote, None, ReadConfig { timeout, ..config() });
+    let f = Arc::new(rp.open(id(&remote, "/s")));
+    remote.faults().stall.store(true, Ordering::SeqCst);
+    let read = |offset: u64, len: u32| {
+        let (rp, f) = (Arc::clone(&rp), Arc::clone(&f));
+        let started = Instant::now();
+        let result = within(Duration::from_secs(15), move || rp.read(&f, offset, len).map(|d| d.to_vec()));
+        (result, started.elapsed())
+    };
+    let (first, _) = read(0, 128 * KIB as u32);
+    assert!(matches!(first, Err(RemoteError::Timeout(_))), "{first:?}");
+    // The kernel asks again for the first page of the failed read-ahead, at once: a second
+    // full wait would make the reader's failure take twice --timeout.
+    let (retry, took) = read(0, 4096);
+    assert!(matches!(retry, Err(RemoteError::Timeout(_))), "the same kind of error: {retry:?}");
+    assert!(took < timeout / 2, "the retry failed after {took:?}, as if it asked the server again");
+    // Once the server answers again, a read after the echo window is served.
+    remote.faults().stall.store(false, Ordering::SeqCst);
+    std::thread::sleep(TIMEOUT_ECHO);
+    let (later, _) = read(0, 4096);
+    assert_eq!(later.expect("a later read asks the server again"), data[..4096]);
+}
+
+#[test]
 fn a_stalled_transfer_fails_a_read_within_its_deadline_but_a_slow_one_does_not() {
     let data = pattern((3 * MIB) as usize, 2);
     let remote = FakeRemote::with_file("/s", data.clone());

@@ -13,9 +13,10 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tempfile::TempDir;
 
 const FTPS_SERVER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ftps-server");
@@ -111,7 +112,7 @@ pub fn require_server(kind: Kind) -> bool {
     static STATE: OnceLock<Mutex<HashMap<Kind, Result<(), String>>>> = OnceLock::new();
     let map = STATE.get_or_init(|| Mutex::new(HashMap::new()));
     let state = {
-        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = map.lock();
         map.entry(kind).or_insert_with(|| server_available(kind)).clone()
     };
     match state {
@@ -1358,7 +1359,7 @@ impl HangGuard {
         let (for_thread, mountpoint) = (Arc::clone(&shared), mountpoint.to_path_buf());
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(limit) {
-                let pid = for_thread.lock().unwrap_or_else(|e| e.into_inner());
+                let pid = for_thread.lock();
                 if let Some(pid) = *pid {
                     eprintln!(
                         "the mount at {} is still up after {limit:?}: the test hangs; killing its daemon",
@@ -1374,7 +1375,7 @@ impl HangGuard {
 
     /// Disarms the guard; after this it never signals the pid.
     fn disarm(self) {
-        self.pid.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.pid.lock().take();
         let _ = self.stop.send(());
     }
 }

@@ -19,9 +19,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::{Mount, MountBuilder, MountFailure};
 
@@ -139,7 +141,7 @@ impl Relay {
         for _ in 0..200 {
             let slots = (32_000 - 20_000) / u64::from(len);
             let base = 20_000 + (random_u64() % slots) as u16 * len;
-            let mut taken = taken.lock().unwrap_or_else(|e| e.into_inner());
+            let mut taken = taken.lock();
             if taken.contains(&base) {
                 continue;
             }
@@ -230,7 +232,7 @@ impl Relay {
     }
 
     fn links(&self) -> Vec<Arc<Link>> {
-        self.shared.links.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.shared.links.lock().values().cloned().collect()
     }
 }
 
@@ -306,7 +308,7 @@ fn accept_one(shared: &Arc<Shared>, client: TcpStream, port: u16, data: bool) {
             pumps: AtomicU64::new(2),
         });
         let id = shared.next_link.fetch_add(1, Ordering::Relaxed);
-        shared.links.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::clone(&link));
+        shared.links.lock().insert(id, Arc::clone(&link));
         if shared.stop.load(Ordering::SeqCst) {
             link.cut();
         }
@@ -402,7 +404,7 @@ fn write_all(shared: &Shared, link: &Link, mut dst: &TcpStream, mut chunk: &[u8]
 
 fn finish_pump(shared: &Shared, link: &Link, id: u64) {
     if link.pumps.fetch_sub(1, Ordering::SeqCst) == 1 {
-        shared.links.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        shared.links.lock().remove(&id);
     }
 }
 
