@@ -1,6 +1,7 @@
 //! mastfs: a read-only FUSE view of an FTPS archive, with a persistent block cache.
 
 mod app;
+mod cachectl;
 mod check;
 mod cli;
 mod config;
