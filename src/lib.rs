@@ -24,6 +24,7 @@ mod read;
 mod remote;
 mod stats;
 mod stats_view;
+mod warm;
 
 pub use app::main;
 /// The FTPS transport without a mount, for transport tests and measurements (not a stable API).

@@ -352,9 +352,15 @@ fn man_pages_are_produced_for_every_command() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let out = assert_ran(&mastfs(&["man", "--dir", dir.path().to_str().expect("UTF-8")]), "mastfs man --dir");
-    for name in
-        ["mastfs.1", "mastfs-mount.1", "mastfs-umount.1", "mastfs-stats.1", "mastfs-completions.1", "mastfs-man.1"]
-    {
+    for name in [
+        "mastfs.1",
+        "mastfs-mount.1",
+        "mastfs-umount.1",
+        "mastfs-stats.1",
+        "mastfs-warm.1",
+        "mastfs-completions.1",
+        "mastfs-man.1",
+    ] {
         let path = dir.path().join(name);
         assert!(path.is_file(), "{name} not written; mastfs printed:\n{out}");
         assert!(fs::read_to_string(&path).expect("read page").contains(".TH "), "{name} is not a man page");
@@ -376,7 +382,7 @@ fn man_pages_are_produced_for_every_command() {
 #[test]
 fn help_covers_every_command() {
     let top = assert_ran(&mastfs(&["--help"]), "mastfs --help");
-    for command in ["mount", "umount", "stats", "completions", "man"] {
+    for command in ["mount", "umount", "stats", "warm", "completions", "man"] {
         assert!(top.contains(&format!("  {command} ")), "--help does not list {command}:\n{top}");
         let text = assert_ran(&mastfs(&[command, "--help"]), command);
         assert!(text.contains("Usage: mastfs"), "{command} --help:\n{text}");
