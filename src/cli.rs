@@ -153,8 +153,7 @@ Output:
 
 Stopping and resuming:
   Ctrl-C (or SIGTERM) stops at once: open files are closed, which cancels the daemon's
-  transfers, and a summary is printed; a second Ctrl-C ends it without waiting. Run the same
-  command again: it skips what is cached.
+  transfers, and a summary is printed. Run the same command again: it skips what is cached.
 
 Refusals:
   The whole request must fit in the mount's disk cache (--cache-size of 'mastfs mount'):

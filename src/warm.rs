@@ -11,7 +11,7 @@
 //!
 //! Threads: the main thread walks and then waits; `--jobs` workers warm one file at a time
 //! each; one thread draws the progress. Ctrl-C and SIGTERM set a flag that all of them check
-//! between reads; a second one ends the process.
+//! between reads.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -93,11 +93,7 @@ enum Outcome {
 pub fn run(args: WarmArgs) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // The first signal asks for a clean stop; a second one, when the stop takes too long
-        // (a read waiting on a server that went silent), ends the process at once.
-        let registered = signal_hook::flag::register_conditional_shutdown(sig, INTERRUPTED.into(), Arc::clone(&stop))
-            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)));
-        if let Err(e) = registered {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
             eprintln!("mastfs: cannot handle signal {sig} ({e}); Ctrl-C will not print a summary");
         }
     }
