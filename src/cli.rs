@@ -152,8 +152,10 @@ Output:
   readers of the mount count too). --dry-run lists each file to fetch with the bytes missing.
 
 Stopping and resuming:
-  Ctrl-C (or SIGTERM) stops at once: open files are closed, which cancels the daemon's
-  transfers, and a summary is printed. Run the same command again: it skips what is cached.
+  Ctrl-C (or SIGTERM) stops once the reads in progress return: open files are closed, which
+  cancels the daemon's transfers, and a summary is printed. (A read waiting on a server that
+  went silent ends within the mount's --timeout.) Run the same command again: it skips what
+  is cached.
 
 Refusals:
   The whole request must fit in the mount's disk cache (--cache-size of 'mastfs mount'):
