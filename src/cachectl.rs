@@ -5,8 +5,9 @@
 //! ENOSYS, which makes the kernel stop asking for the mount's life. Answering any name would
 //! send every `getxattr` of every tool to the daemon: `ls -l` (coreutils 9.1) asks for
 //! `security.selinux` and `system.posix_acl_access` of each entry, 20,000 more requests for
-//! a 10,000-entry directory. An ioctl reaches the daemon only when asked for, on a file the
-//! asker has open.
+//! a 10,000-entry directory. Measured here (a warm `ls -l` of 10,000 entries on loopback, 2
+//! busy cores): 0.02–0.05 s as it is, 0.10–0.29 s with `getxattr` answered `ENODATA`. An
+//! ioctl reaches the daemon only when asked for, on a file the asker has open.
 //!
 //! Both commands are "restricted" FUSE ioctls (the kernel sizes the reply from the command
 //! number): `_IOR('M', 1, [u64; 4])` asks; `_IOR('M', 2, [u64; 4])` asks and marks the
