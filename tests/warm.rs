@@ -1,6 +1,7 @@
 //! `mastfs warm`, end to end: a real vsftpd over TLS, a real FUSE mount, the real command.
 //! After a warm, reading the warmed files moves 0 bytes from the server (its transfer log
-//! and the mount's counters say so), also after a remount; a dry run and a repeated warm
+//! and the mount's counters say so), also after a remount, and an offline mount serves them;
+//! a dry run and a repeated warm
 //! fetch nothing; Ctrl-C stops a warm at once and the next run fetches only what is missing;
 //! a file the server refuses fails alone, by name; a request larger than the cache, or a path
 //! outside any mastfs mount, is refused before anything is fetched.
@@ -108,7 +109,7 @@ fn read_tree_exactly(mount: &Mount) {
 }
 
 #[test]
-fn after_a_warm_the_tree_reads_byte_exact_with_0_bytes_from_the_server_also_after_a_remount() {
+fn after_a_warm_the_tree_reads_byte_exact_with_0_bytes_from_the_server_also_after_a_remount_and_offline() {
     if !ready(Kind::Vsftpd) {
         return;
     }
@@ -155,6 +156,17 @@ fn after_a_warm_the_tree_reads_byte_exact_with_0_bytes_from_the_server_also_afte
     assert_eq!(stat_value(&mount, "net_bytes"), 0, "after a remount the tree comes from the disk cache");
     assert_eq!(stat_value(&mount, "retrs"), 0);
     assert_eq!(settled_transfers(&server), sent, "the server sent nothing after the remount");
+
+    // The walk cached the listings too: an offline mount lists and reads the whole tree.
+    mount.unmount();
+    let offline = Mount::builder(&server).cache_dir(cache.path()).args(["--offline"]).start();
+    let mut listed: Vec<String> = fs::read_dir(offline.path("tree/sub"))
+        .expect("ls tree/sub offline")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["d.txt", "deeper"]);
+    read_tree_exactly(&offline);
 }
 
 #[test]
