@@ -13,7 +13,7 @@
 //! each; one thread draws the progress. Ctrl-C and SIGTERM set a flag that all of them check
 //! between reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -67,6 +67,9 @@ struct MountSeen {
 #[derive(Default)]
 struct Scan {
     files: Vec<Found>,
+    /// (device, inode) of the files found, so that PATHs that overlap (`d` and `d/sub`)
+    /// neither count a file twice nor read it twice at once.
+    seen: HashSet<(u64, u64)>,
     mounts: Vec<MountSeen>,
     failures: Vec<(PathBuf, String)>,
 }
@@ -163,14 +166,14 @@ fn warm(args: &WarmArgs, stop: &AtomicBool) -> Result<ExitCode, String> {
 
     let mut warmed = 0;
     let mut gained = 0;
-    let mut failed = Vec::new();
-    for (f, outcome) in todo.iter().zip(&outcomes) {
+    let mut failed = 0;
+    for outcome in &outcomes {
         match outcome {
             Some(Outcome::Warmed(n)) => {
                 warmed += 1;
                 gained += n;
             }
-            Some(Outcome::Failed(why)) => failed.push((&f.path, why)),
+            Some(Outcome::Failed(_)) => failed += 1,
             Some(Outcome::Interrupted) | None => {}
         }
     }
@@ -198,11 +201,9 @@ fn warm(args: &WarmArgs, stop: &AtomicBool) -> Result<ExitCode, String> {
     if interrupted {
         println!("run the same command again to fetch the rest");
     }
-    let all_failures = scan.failures.len() + failed.len();
+    // Each failure was named as it happened; the count closes the run.
+    let all_failures = scan.failures.len() + failed;
     if all_failures > 0 {
-        for (path, why) in &failed {
-            eprintln!("mastfs warm: not warmed: {}: {why}", path.display());
-        }
         eprintln!("mastfs warm: {} could not be warmed", files(all_failures));
     }
     Ok(if interrupted {
@@ -313,9 +314,10 @@ fn walk(dir: &Path, mount: usize, keep: bool, scan: &mut Scan, stop: &AtomicBool
 }
 
 fn add(path: &Path, mount: usize, keep: bool, scan: &mut Scan) {
-    let answer = File::open(path).and_then(|f| cachectl::ask(f.as_fd(), keep));
+    let answer = File::open(path).and_then(|f| Ok((f.metadata()?, cachectl::ask(f.as_fd(), keep)?)));
     match answer {
-        Ok(a) => {
+        Ok((meta, _)) if !scan.seen.insert((meta.dev(), meta.ino())) => {}
+        Ok((_, a)) => {
             if let Some(m) = scan.mounts.get_mut(mount) {
                 m.capacity = a.capacity;
                 m.writable = a.writable;
@@ -571,15 +573,15 @@ mod tests {
         let mount =
             |capacity| MountSeen { root: PathBuf::from("/m"), dev: 1, capacity, writable: true, net_before: None };
         let file = |size| Found { path: PathBuf::from("/m/f"), size, on_disk: 0, mount: 0 };
-        let fits = Scan { files: vec![file(3 << 20)], mounts: vec![mount(4 << 20)], failures: Vec::new() };
+        let fits = Scan { files: vec![file(3 << 20)], mounts: vec![mount(4 << 20)], ..Scan::default() };
         assert!(refusals(&fits).is_empty());
-        let big = Scan { files: vec![file(5 << 20)], mounts: vec![mount(4 << 20)], failures: Vec::new() };
+        let big = Scan { files: vec![file(5 << 20)], mounts: vec![mount(4 << 20)], ..Scan::default() };
         let why = refusals(&big).join("\n");
         assert!(
             why.contains("too small") && why.contains("5,243,280 bytes") && why.contains("4,194,304 bytes"),
             "{why}"
         );
-        let none = Scan { files: vec![file(1)], mounts: vec![mount(0)], failures: Vec::new() };
+        let none = Scan { files: vec![file(1)], mounts: vec![mount(0)], ..Scan::default() };
         assert!(refusals(&none).join("").contains("without a disk cache"));
     }
 

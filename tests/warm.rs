@@ -178,7 +178,8 @@ fn a_dry_run_names_what_is_missing_and_fetches_nothing() {
     let mount = Mount::start(&server);
     // The header of the big file is cached already, as after astropy's getheader.
     assert_eq!(mount.read_range("tree/big.bin", 0, 2880), pattern_bytes(1, 0, 2880));
-    let paths = [mount.path("tree"), mount.path("other/outside.bin")];
+    // Overlapping PATHs count each file once.
+    let paths = [mount.path("tree"), mount.path("other/outside.bin"), mount.path("tree/sub")];
     let paths: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
     // The daemon stores what it fetched a moment after the read returned.
     let deadline = Instant::now() + Duration::from_secs(10);
