@@ -72,6 +72,11 @@ struct Scan {
     seen: HashSet<(u64, u64)>,
     mounts: Vec<MountSeen>,
     failures: Vec<(PathBuf, String)>,
+    /// Where to tell how the walk is going (a large tree takes a while to walk): on a
+    /// terminal, a line redrawn in place; otherwise a line now and then.
+    tty: bool,
+    /// When the walk was last reported (None: not yet, and not before the first interval).
+    noted: Option<Instant>,
 }
 
 /// Shared by the workers and the progress thread.
@@ -110,11 +115,14 @@ pub fn run(args: WarmArgs) -> ExitCode {
 }
 
 fn warm(args: &WarmArgs, stop: &AtomicBool) -> Result<ExitCode, String> {
-    let mut scan = Scan::default();
+    let mut scan = Scan { tty: stderr_is_terminal(), noted: Some(Instant::now()), ..Scan::default() };
     for path in &args.paths {
         let mount = mount_of(path, &mut scan.mounts)?;
         // A real warm marks skipped files as just used; a dry run changes nothing.
         walk_top(path, mount, !args.dry_run, &mut scan, stop);
+    }
+    if scan.tty {
+        eprint!("\r\x1b[K");
     }
     if stop.load(Ordering::Relaxed) {
         println!("interrupted while looking at the files; nothing was fetched");
@@ -323,8 +331,28 @@ fn add(path: &Path, mount: usize, keep: bool, scan: &mut Scan) {
                 m.writable = a.writable;
             }
             scan.files.push(Found { path: path.to_path_buf(), size: a.size, on_disk: a.on_disk, mount });
+            scan.note();
         }
         Err(e) => scan.failures.push((path.to_path_buf(), describe(&e))),
+    }
+}
+
+impl Scan {
+    /// Tells how many files the walk has found, at most every `BAR_EVERY` on a terminal
+    /// (redrawn in place) or every `LINE_EVERY` otherwise.
+    fn note(&mut self) {
+        let every = if self.tty { BAR_EVERY } else { LINE_EVERY };
+        if self.noted.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.noted = Some(Instant::now());
+        let total: u64 = self.files.iter().map(|f| f.size).sum();
+        let line = format!("warm: looking at the files: {} so far, {}", files(self.files.len()), bytes(total as f64));
+        if self.tty {
+            eprint!("\r\x1b[K{line}");
+        } else {
+            eprintln!("{line}");
+        }
     }
 }
 
