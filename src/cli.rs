@@ -147,7 +147,7 @@ How it works:
 
 Output:
   On a terminal a progress bar on stderr (bytes read of the files being warmed, rate, ETA,
-  files); otherwise a progress line every 5 s. A summary on stdout at the end, with what the
+  files; before it, how many files the walk found so far); otherwise a progress line every 5 s. A summary on stdout at the end, with what the
   mount received from the network meanwhile (its counters, as 'mastfs stats' shows them: other
   readers of the mount count too). --dry-run lists each file to fetch with the bytes missing.
 
