@@ -20,6 +20,7 @@ pub fn main() -> ExitCode {
         Command::Mount(args) => run_mount(args),
         Command::Umount { mountpoint } => unmount(&mountpoint),
         Command::Stats(args) => stats_view::run(args),
+        Command::Warm(args) => crate::warm::run(args),
         Command::Check(args) => crate::check::run(args),
         Command::Cache(args) => crate::cache_admin::run(args.command),
         Command::Completions { shell } => manpage::completions(shell),

@@ -44,6 +44,8 @@ Examples:
   mastfs mount me@uni.edu@archive.stsci.edu ~/mast
                                        exclusive-access data (password: 'mastfs mount --help')
   mastfs stats ~/mast                  what the mount fetched and served
+  mastfs warm ~/mast/stage/anonymous/anonymous12345
+                                       fetch a directory into the cache, for offline use
   mastfs umount ~/mast
   mastfs cache du                      what the cache holds, per host and remote directory
 
@@ -80,6 +82,9 @@ pub enum Command {
     /// Show what a mount fetched and served: bytes from the network and from the cache, hit
     /// ratio, round trips, reconnects, errors
     Stats(StatsArgs),
+    /// Fill the cache with files or whole directories of a live mount, so they read at local
+    /// speed or offline (the mount's daemon fetches them; cached files are skipped)
+    Warm(WarmArgs),
     /// Check the connection a mount would make, step by step (connect, TLS, login, listing,
     /// data connection), and say what to change when a step fails
     Check(crate::check::CheckArgs),
@@ -236,6 +241,59 @@ pub struct ManArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "command")]
     pub dir: Option<PathBuf>,
 }
+
+#[derive(Args, Debug)]
+#[command(after_long_help = WARM_AFTER_HELP)]
+pub struct WarmArgs {
+    /// Files or directories inside a mastfs mount. Directories are warmed with everything
+    /// below them; symbolic links inside them are not followed
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Files read at once (each also gets the mount's parallel transfers)
+    #[arg(short, long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+
+    /// Print the files that would be fetched and how much, and fetch nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+const WARM_AFTER_HELP: &str = "\
+How it works:
+  mastfs warm walks the PATHs through the mount and reads every file the disk cache does not
+  hold whole, in big reads that bypass the kernel's page cache, and throws the bytes away:
+  the mount's daemon fetches them with its pooled connections, read-ahead and parallel
+  transfers, and stores them in its disk cache. A file counts as warmed once all its bytes
+  are on disk. Afterwards reading those files moves 0 bytes on the network, also after a
+  remount and offline (the directory listings are cached too).
+
+Output:
+  On a terminal a progress bar on stderr (bytes read of the files being warmed, rate, ETA,
+  files; before it, how many files the walk found so far); otherwise a progress line every 5 s. A summary on stdout at the end, with what the
+  mount received from the network meanwhile (its counters, as 'mastfs stats' shows them: other
+  readers of the mount count too). --dry-run lists each file to fetch with the bytes missing.
+
+Stopping and resuming:
+  Ctrl-C (or SIGTERM) stops once the reads in progress return: open files are closed, which
+  cancels the daemon's transfers, and a summary is printed. (A read waiting on a server that
+  went silent ends within the mount's --timeout.) Run the same command again: it skips what
+  is cached.
+
+Refusals:
+  The whole request must fit in the mount's disk cache (--cache-size of 'mastfs mount'):
+  otherwise nothing is fetched and the sizes are printed. A mount without a disk cache
+  (--cache-size 0), or whose cache disk is failing, is refused too.
+
+Exit status:
+  0 when every file is warmed (or, with --dry-run, would fit); 1 when a file failed (each is
+  named on stderr, the others are warmed anyway) or the request was refused; 130 when
+  interrupted.
+
+Examples:
+  mastfs warm ~/mast/stage/anonymous/anonymous12345
+  mastfs warm -n ~/mast/stage/anonymous            how much would a warm of all of it fetch?
+  mastfs warm --jobs 8 ~/mast/a.fits ~/mast/b.fits";
 
 #[derive(Args, Debug)]
 #[command(after_long_help = STATS_AFTER_HELP)]

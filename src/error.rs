@@ -84,6 +84,10 @@ pub enum FsError {
     /// A name no listing can show (longer than `NAME_MAX`), so none is looked up either.
     #[error("file name too long")]
     NameTooLong,
+    /// An ioctl this file does not answer (any but `cachectl`'s, or one on a file that is
+    /// not a remote file's).
+    #[error("inappropriate ioctl for this file")]
+    NoSuchIoctl,
     #[error(transparent)]
     Remote(#[from] RemoteError),
 }
@@ -99,6 +103,7 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::NotSymlink => libc::EINVAL,
             FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::NoSuchIoctl => libc::ENOTTY,
             FsError::Remote(RemoteError::Unavailable(_)) => libc::EACCES,
             FsError::Remote(RemoteError::Changed(_)) => libc::ESTALE,
             // "Network is unreachable" says what happened; EIO would read as a failing disk.

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use crate::dircache::{DirCache, Fallback};
 use crate::error::FsError;
 use crate::inode::{Inodes, Node, ROOT};
-use crate::read::{Data, FileId, OpenFile, ReadPath};
+use crate::read::{CacheState, Data, FileId, OpenFile, ReadPath};
 use crate::remote::{EntryKind, NAME_MAX, Remote};
 use crate::stats::Stats;
 
@@ -388,6 +388,12 @@ impl MastFs {
             log::warn!("read of {} at {offset} failed: {e}", handle.path());
             FsError::from(e)
         })
+    }
+
+    /// What the disk cache holds of the file open as `fh`; `keep` marks it as just used.
+    pub fn cache_state(&self, fh: u64, keep: bool) -> Result<CacheState, FsError> {
+        let handle = self.handles.lock().get(&fh).cloned().ok_or(FsError::NoSuchIoctl)?;
+        Ok(self.store.cache_state(&handle, keep))
     }
 
     pub fn release(&self, fh: u64) {

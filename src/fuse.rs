@@ -9,6 +9,7 @@ use fuser::{
     ReplyStatfs, Request,
 };
 
+use crate::cachectl;
 use crate::error::FsError;
 use crate::fs::{Attr, MastFs};
 use crate::remote::EntryKind;
@@ -188,6 +189,31 @@ impl Filesystem for FuseAdapter {
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
         reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        let keep = match cmd {
+            cachectl::QUERY => false,
+            cachectl::QUERY_AND_KEEP => true,
+            _ => return reply.error(errno(&FsError::NoSuchIoctl)),
+        };
+        if (out_size as usize) < cachectl::REPLY_LEN {
+            return reply.error(errno(&FsError::NoSuchIoctl));
+        }
+        match self.fs.cache_state(fh.0, keep) {
+            Ok(state) => reply.ioctl(0, &cachectl::encode(&state)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

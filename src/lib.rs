@@ -2,6 +2,7 @@
 
 mod app;
 mod cache_admin;
+mod cachectl;
 mod check;
 mod cli;
 mod config;
@@ -24,6 +25,7 @@ mod read;
 mod remote;
 mod stats;
 mod stats_view;
+mod warm;
 
 pub use app::main;
 /// The FTPS transport without a mount, for transport tests and measurements (not a stable API).

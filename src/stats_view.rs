@@ -92,7 +92,7 @@ impl Sample {
 /// `name value` lines; anything else (a line this version cannot read) is skipped rather
 /// than failing the whole report. A last line without its newline is dropped too: a read
 /// cut short must not turn `net_bytes 5000000` into `net_bytes 50`.
-fn parse(text: &str) -> Vec<(String, u64)> {
+pub(crate) fn parse(text: &str) -> Vec<(String, u64)> {
     text.split_inclusive('\n')
         .filter_map(|line| {
             let mut words = line.strip_suffix('\n')?.split_whitespace();
@@ -173,7 +173,7 @@ fn sample(mount: &MountEntry) -> Result<Sample, String> {
 }
 
 /// `1536` -> `1.5 KiB`.
-fn bytes(n: f64) -> String {
+pub(crate) fn bytes(n: f64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = n;
     let mut unit = 0;
@@ -185,7 +185,7 @@ fn bytes(n: f64) -> String {
 }
 
 /// `1234567` -> `1,234,567`.
-fn count(n: u64) -> String {
+pub(crate) fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -361,6 +361,7 @@ fn man_pages_are_produced_for_every_command() {
         "mastfs-cache-du.1",
         "mastfs-cache-clear.1",
         "mastfs-cache-verify.1",
+        "mastfs-warm.1",
         "mastfs-completions.1",
         "mastfs-man.1",
     ] {
@@ -387,7 +388,7 @@ fn man_pages_are_produced_for_every_command() {
 #[test]
 fn help_covers_every_command() {
     let top = assert_ran(&mastfs(&["--help"]), "mastfs --help");
-    for command in ["mount", "umount", "stats", "cache", "completions", "man"] {
+    for command in ["mount", "umount", "stats", "warm", "cache", "completions", "man"] {
         assert!(top.contains(&format!("  {command} ")), "--help does not list {command}:\n{top}");
         let text = assert_ran(&mastfs(&[command, "--help"]), command);
         assert!(text.contains("Usage: mastfs"), "{command} --help:\n{text}");

@@ -189,6 +189,12 @@ fn whole_block_file_size(len: u64) -> u64 {
     (HEADER_LEN + EXTENT_LEN) as u64 + len
 }
 
+/// Disk space a whole file of `size` bytes takes in the cache, every block whole.
+pub(crate) fn footprint(size: u64) -> u64 {
+    let blocks = size.div_ceil(BLOCK_SIZE);
+    size + blocks * (HEADER_LEN + EXTENT_LEN) as u64
+}
+
 impl BlockCache {
     /// Opens (creating with mode 0700 if missing; fixing to 0700 if looser) `dir`, rebuilds
     /// the LRU index from the block files on disk (oldest mtime/atime first), deletes stray
@@ -250,6 +256,54 @@ impl BlockCache {
         let len = block_len(id.size, index)?;
         let size = *self.lock().lru.peek(&(id.key(), index))?;
         Some(size == whole_block_file_size(len))
+    }
+
+    /// Bytes of file version `id` the cache holds, judged from the index (whole blocks by
+    /// their file's size; a partial block's header says how many extents its size includes).
+    /// With `keep`, its blocks count as just used, in the index and in their access times
+    /// (which the index is rebuilt from at the next mount), so that a warm which skips a
+    /// cached file does not let it be evicted before files it fetches after.
+    pub(crate) fn stored_bytes(&self, id: &FileId, keep: bool) -> u64 {
+        let key = id.key();
+        let mut whole = 0u64;
+        let mut present = Vec::new();
+        let mut partial = Vec::new();
+        {
+            let mut ix = self.lock();
+            let mut index = 0;
+            while let Some(len) = block_len(id.size, index) {
+                let size = if keep { ix.lru.get(&(key, index)).copied() } else { ix.lru.peek(&(key, index)).copied() };
+                match size {
+                    Some(s) if s == whole_block_file_size(len) => whole += len,
+                    Some(s) => partial.push((index, len, s)),
+                    None => {}
+                }
+                if size.is_some() && keep {
+                    present.push(index);
+                }
+                index += 1;
+            }
+        }
+        let parts: u64 = partial.iter().map(|&(index, len, size)| self.partial_bytes(&key, index, len, size)).sum();
+        for index in present {
+            // Only recency across a remount is lost if this fails.
+            if let Ok(f) = File::open(self.block_path(&key, index)) {
+                let _ = f.set_times(FileTimes::new().set_accessed(SystemTime::now()));
+            }
+        }
+        whole + parts
+    }
+
+    /// Data bytes of a partial block file of `size` bytes: its size less the header and the
+    /// extent table, whose length the header gives. 0 if the header cannot be read or is not
+    /// this block's (a later load deletes such a file).
+    fn partial_bytes(&self, key: &[u8; 32], index: u64, len: u64, size: u64) -> u64 {
+        let mut header = [0u8; HEADER_LEN];
+        let read = File::open(self.block_path(key, index)).and_then(|mut f| f.read_exact(&mut header));
+        match read.ok().and_then(|()| check_header(&header, key, index, len).ok()) {
+            Some((count, _)) => size.saturating_sub((HEADER_LEN + EXTENT_LEN * count) as u64),
+            None => 0,
+        }
     }
 
     /// Reads the block's stored extents into `buf` (the block's bytes, `block_len` long) and
@@ -1205,6 +1259,39 @@ mod tests {
         put(&cache, &c, 0);
         assert!(!cache.contains(&a, 0));
         assert!(cache.contains(&b, 0));
+    }
+
+    #[test]
+    fn stored_bytes_counts_whole_blocks_and_the_extents_of_partial_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlockCache::open(dir.path(), 64 * BLOCK_SIZE).expect("open");
+        let f = id("/f", 3 * BLOCK_SIZE + 17);
+        assert_eq!(cache.stored_bytes(&f, false), 0);
+        put(&cache, &f, 0);
+        put(&cache, &f, 3);
+        let middle = content(&f, 1);
+        cache.put(&f, 1, &[(10, &middle[10..4106]), (9000, &middle[9000..9100])]).expect("partial put");
+        assert_eq!(cache.stored_bytes(&f, false), BLOCK_SIZE + 17 + 4096 + 100);
+        put(&cache, &f, 2);
+        cache.put(&f, 1, &[(0, &middle)]).expect("whole put");
+        assert_eq!(cache.stored_bytes(&f, false), f.size, "every byte");
+        assert_eq!(cache.stored_bytes(&id("/f", f.size + 1), false), 0, "another version holds nothing");
+        assert_eq!(footprint(f.size), f.size + 4 * H);
+        assert_eq!(footprint(0), 0);
+    }
+
+    #[test]
+    fn stored_bytes_with_keep_saves_a_file_from_the_next_eviction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b, c) = (id("/a", 1000), id("/b", 1000), id("/c", 1000));
+        let cache = BlockCache::open(dir.path(), 2 * (H + 1000)).expect("open");
+        put(&cache, &a, 0);
+        put(&cache, &b, 0);
+        assert_eq!(cache.stored_bytes(&a, false), 1000);
+        assert_eq!(cache.stored_bytes(&a, true), 1000);
+        put(&cache, &c, 0);
+        assert!(cache.contains(&a, 0), "a was marked used after b");
+        assert!(!cache.contains(&b, 0));
     }
 
     #[test]

@@ -54,7 +54,7 @@ use crate::error::RemoteError;
 use crate::remote::{Remote, Version};
 use crate::stats::Stats;
 use block::{Block, Buffer, Pool};
-pub(crate) use disk::{BlockCache, FileId};
+pub(crate) use disk::{BlockCache, FileId, footprint};
 use fetch::{Fetcher, Outcome, Run, Stream};
 use loader::Loader;
 use memory::Memory;
@@ -99,6 +99,19 @@ const TIMEOUT_ECHO: Duration = Duration::from_secs(1);
 /// byte (1.01-1.04); on a 200 Mbit/s link with a one-BDP queue both reached 0.79x the link
 /// rate. A server that allows fewer answers `421`, and the pool shrinks to what it allows.
 pub(crate) const DEFAULT_CONNECTIONS: u16 = 8;
+
+/// What the disk cache holds of one open file's version (`mastfs warm` asks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheState {
+    /// The version's size.
+    pub(crate) size: u64,
+    /// Its bytes on disk.
+    pub(crate) on_disk: u64,
+    /// The most the block cache may hold; 0 without a disk cache.
+    pub(crate) capacity: u64,
+    /// Whether blocks read now may reach the disk (not while a failing disk is left alone).
+    pub(crate) writable: bool,
+}
 
 /// One remote file version, as open handles see it.
 pub(crate) struct FileRef {
@@ -275,6 +288,15 @@ impl ReadPath {
         if let Some(run) = f.run.lock().take() {
             self.fetcher.stop_run(&run);
         }
+    }
+
+    /// What the disk cache holds of `f`'s version; `keep` marks those blocks as just used.
+    pub(crate) fn cache_state(&self, f: &OpenFile, keep: bool) -> CacheState {
+        let (on_disk, capacity) = match &self.disk {
+            Some(d) => (d.stored_bytes(&f.file.id, keep), d.capacity()),
+            None => (0, 0),
+        };
+        CacheState { size: f.file.size(), on_disk, capacity, writable: self.writer.usable() }
     }
 
     /// Unmounting: transfers stop, the disk gets what is queued for it.
