@@ -35,6 +35,7 @@
 mod block;
 mod disk;
 mod fetch;
+mod fits;
 mod loader;
 mod memory;
 mod pattern;
