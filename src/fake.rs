@@ -277,6 +277,11 @@ impl Remote for FakeRemote {
         self.shared.parallelism.load(Ordering::SeqCst)
     }
 
+    /// One connection per transfer, all logged in: those no transfer holds.
+    fn ready(&self) -> usize {
+        self.parallelism().saturating_sub(self.shared.live.load(Ordering::SeqCst))
+    }
+
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
         self.shared.lists.fetch_add(1, Ordering::SeqCst);
         let faults = &self.shared.faults;

@@ -225,6 +225,10 @@ impl Remote for Gated {
     fn parallelism(&self) -> usize {
         self.inner.parallelism()
     }
+
+    fn ready(&self) -> usize {
+        self.inner.ready()
+    }
 }
 
 #[cfg(test)]

@@ -114,4 +114,12 @@ pub trait Remote: Send + Sync + 'static {
     /// How many transfers may run at once now: the connection limit, lowered after the
     /// server refused a connection.
     fn parallelism(&self) -> usize;
+
+    /// How many logged-in connections are free or about to be (being re-armed), so a
+    /// transfer opened now would not log in a new one. A transfer nobody waits for yet (a
+    /// prefetch) is worth starting at once only then: a login costs more round trips than
+    /// waiting for the connection in use to come back.
+    fn ready(&self) -> usize {
+        self.parallelism()
+    }
 }

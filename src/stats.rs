@@ -26,6 +26,7 @@ counters! {
     fetched_bytes: "File bytes the read path took from transfers.",
     fetches: "Ranged transfers the read path opened (REST + RETR), resumptions included.",
     peeks: "Transfers that served random reads (ended ones).",
+    prefetches: "Transfers started before any read asked for their bytes (the next header of a FITS file).",
     stripes: "Transfers that served a sequential reader: stripes, and the peek that led into them (ended ones).",
     planned_ends: "Transfers closed where they were planned to end, before the end of the file (stripe ends).",
     cancelled: "Transfers closed before their planned end (file closed, reader idle or elsewhere, preempted).",

@@ -171,6 +171,10 @@ impl Remote for FtpsRemote {
     fn parallelism(&self) -> usize {
         self.pool.limit()
     }
+
+    fn ready(&self) -> usize {
+        self.pool.ready()
+    }
 }
 
 /// A read at or past the end of the file: nothing to fetch.

@@ -115,6 +115,13 @@ impl Pool {
         self.lock().limit
     }
 
+    /// Connections a request would get without logging in: idle ones, and those being
+    /// tended that no waiting request has claimed.
+    pub(crate) fn ready(&self) -> usize {
+        let st = self.lock();
+        st.idle.len() + st.tending.saturating_sub(st.awaiting_tended)
+    }
+
     pub(crate) fn timeout(&self) -> Duration {
         self.endpoint.timeout
     }

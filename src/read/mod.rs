@@ -35,6 +35,7 @@
 mod block;
 pub(crate) mod disk;
 mod fetch;
+mod fits;
 mod loader;
 mod memory;
 mod pattern;

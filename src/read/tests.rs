@@ -608,3 +608,121 @@ fn a_reader_that_stops_after_a_few_mib_leaves_the_other_stripes_unopened() {
     assert!(remote.bytes() <= 4 * MIB + 8 * MIB + MIB, "fetched {} bytes for 4 MiB read: {t:?}", remote.bytes());
     assert!(stat(&stats.stripes) >= 1);
 }
+
+/// A two-HDU FITS file: a one-record primary header over `data_len` bytes of 8-bit data,
+/// then an extension header, then `tail` bytes of pattern. Returns the bytes and where the
+/// extension header begins.
+fn two_hdu_fits(data_len: u64, tail: usize) -> (Vec<u8>, u64) {
+    let card = |s: String| format!("{s:<80}");
+    let header = |cards: &[String]| {
+        let mut h: String = cards.concat();
+        h.push_str(&card("END".into()));
+        while !h.len().is_multiple_of(2880) {
+            h.push(' ');
+        }
+        h.into_bytes()
+    };
+    let mut bytes = header(&[
+        card(format!("{:<8}= {:>20}", "SIMPLE", "T")),
+        card(format!("{:<8}= {:>20}", "BITPIX", "8")),
+        card(format!("{:<8}= {:>20}", "NAXIS", "1")),
+        card(format!("{:<8}= {:>20}", "NAXIS1", data_len)),
+        card(format!("{:<8}= {:>20}", "EXTEND", "T")),
+    ]);
+    bytes.extend(pattern(data_len as usize, 5));
+    bytes.resize(bytes.len().div_ceil(2880) * 2880, 0);
+    let next = bytes.len() as u64;
+    bytes.extend(header(&[
+        card(format!("{:<8}= {:>20}", "XTENSION", "'IMAGE   '")),
+        card(format!("{:<8}= {:>20}", "BITPIX", "8")),
+        card(format!("{:<8}= {:>20}", "NAXIS", "0")),
+    ]));
+    bytes.extend(pattern(tail, 6));
+    (bytes, next)
+}
+
+/// Waits (bounded) until the fake has opened `n` transfers.
+fn until_opened(remote: &FakeRemote, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while remote.opens() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// astropy's `getheader(path, ext=1)`: the first header, then a seek to the next one, which
+/// must already be on its way (or here) when the reader asks for it.
+fn reads_the_next_fits_header_ahead(parallelism: usize) {
+    let (data, next) = two_hdu_fits(4 * MIB + 1000, (MIB / 2) as usize);
+    let remote = FakeRemote::with_file("/two.fits", data.clone());
+    remote.set_parallelism(parallelism);
+    remote.faults().open_delay_us.store(5_000, Ordering::SeqCst);
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/two.fits"));
+    let got = rp.read(&f, 0, 2880).expect("first header");
+    assert_eq!(&got[..], &data[..2880]);
+    // astropy closes the file and opens it again for the extension.
+    rp.release(&f);
+    // Nobody has asked for the second header yet: it is fetched anyway.
+    until_opened(&remote, 2);
+    assert_eq!(remote.opens(), 2, "the next header was fetched before it was read");
+    let f = rp.open(id(&remote, "/two.fits"));
+    let len = 64 * 1024;
+    let got = rp.read(&f, next, len as u32).expect("second header");
+    assert_eq!(&got[..], &data[next as usize..next as usize + len]);
+    rp.release(&f);
+    until_quiet(&remote);
+    let t = remote.transfers();
+    assert_eq!(t.len(), 2, "the read of the second header opened no transfer of its own: {t:?}");
+    let ahead = t.iter().find(|x| x.offset != 0).expect("the prefetch");
+    assert_eq!(ahead.offset, next - next % 4096, "from the page the header starts in");
+    assert!(matches!(ahead.intent, Intent::Peek { len } if len <= 72 * KIB), "a small range: {ahead:?}");
+    assert!(remote.bytes() <= 2880 + 72 * KIB, "{} bytes fetched: {t:?}", remote.bytes());
+    assert_eq!((stat(&stats.prefetches), stat(&stats.stripes)), (1, 0));
+}
+
+#[test]
+fn the_next_fits_header_is_fetched_ahead_on_a_free_connection() {
+    reads_the_next_fits_header_ahead(4);
+}
+
+#[test]
+fn the_next_fits_header_is_fetched_ahead_on_the_one_connection_once_it_is_free() {
+    // With no other connection free, the prefetch waits for the first transfer's rather
+    // than opening (logging in) another.
+    reads_the_next_fits_header_ahead(1);
+}
+
+#[test]
+fn files_that_are_not_fits_or_malformed_fits_are_read_as_before() {
+    let (fits, _) = two_hdu_fits(2 * MIB, 4096);
+    let mut bad_bitpix = fits.clone();
+    bad_bitpix[80 + 29] = b'7';
+    let mut no_end = fits.clone();
+    no_end[5 * 80..5 * 80 + 3].copy_from_slice(b"XND");
+    for (name, data) in [("plain", pattern((4 * MIB) as usize, 9)), ("bad_bitpix", bad_bitpix), ("no_end", no_end)] {
+        let path = format!("/{name}");
+        let remote = FakeRemote::with_file(&path, data.clone());
+        let (rp, stats) = read_path(&remote, None, config());
+        let f = rp.open(id(&remote, &path));
+        let got = rp.read(&f, 0, 64 * 1024).expect("read");
+        assert_eq!(&got[..], &data[..64 * 1024], "{name}");
+        rp.release(&f);
+        until_quiet(&remote);
+        assert_eq!(remote.opens(), 1, "{name}: {:?}", remote.transfers());
+        assert_eq!(remote.bytes(), 64 * KIB, "{name}");
+        assert_eq!(stat(&stats.prefetches), 0, "{name}");
+    }
+}
+
+#[test]
+fn a_fits_file_that_ends_after_its_primary_hdu_gets_no_prefetch() {
+    let (data, next) = two_hdu_fits(MIB, 0);
+    let data = data[..next as usize].to_vec();
+    let remote = FakeRemote::with_file("/one.fits", data.clone());
+    let (rp, stats) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/one.fits"));
+    assert_eq!(&rp.read(&f, 0, 2880).expect("read")[..], &data[..2880]);
+    rp.release(&f);
+    until_quiet(&remote);
+    assert_eq!((remote.opens(), stat(&stats.prefetches)), (1, 0));
+}

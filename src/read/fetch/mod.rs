@@ -39,10 +39,18 @@
 //! and within `--timeout` of the last progress, then the stream fails and every waiter gets
 //! the error with its kind (a `550` stays `Unavailable`).
 //!
-//! Threads: FUSE threads call `ensure`, `plan` and `stop_run`; each running stream has a fetch
+//! A **prefetch** is a peek nobody has asked for yet: as the first bytes of a FITS file
+//! arrive, its primary header says where the next HDU's header begins (`fits.rs`), and that
+//! header is fetched at once, so the reader's seek there (astropy's `getheader(ext=1)`) finds
+//! it in flight or in memory instead of waiting for a transfer of its own. Nobody waits on a
+//! prefetch, so it is the first stream preempted for a waiting reader and is not retried.
+//!
+//! Threads: FUSE threads call `ensure`, `plan` and `stop_run`; a fetch thread calls
+//! `prefetch` (never holding a lock); each running stream has a fetch
 //! thread (`mastfs-fetch`), which takes the next queued stream when its own ends and exits
 //! when there is none. Lock order: `Fetcher::state`, then a `Stream::st`, then `Memory`'s map,
-//! then a block's lock; `Run::progress` is taken alone. Waiters on blocks read a stream's
+//! then a block's lock; `Run::progress` is taken alone. `Remote::ready` (the connection
+//! pool's lock, a leaf) is asked under `Fetcher::state`. Waiters on blocks read a stream's
 //! `ended` flag, never its lock.
 
 use std::collections::HashMap;
@@ -54,10 +62,12 @@ use parking_lot::{Condvar, Mutex};
 
 mod stream;
 
+use super::block::Block;
 use super::disk::BlockCache;
+use super::fits::{self, Primary};
 use super::memory::Memory;
 use super::writer::Writer;
-use super::{BLOCK_SIZE, FileRef};
+use super::{BLOCK_SIZE, FileRef, IO_SIZE_HINT};
 use crate::error::RemoteError;
 use crate::remote::Remote;
 use crate::stats::Stats;
@@ -75,6 +85,14 @@ const NEAR_OWN_READER: u64 = 64 << 20;
 const EXTEND_GAP: u64 = 1 << 20;
 /// Remaining ranges are not split into stripes smaller than this.
 const MIN_STRIPE: u64 = 2 << 20;
+/// How much of a FITS file's next header is fetched ahead: what Python's buffered reader
+/// (`st_blksize` bytes) makes the kernel ask for at an offset that is not page-aligned, so the
+/// reader's request finds all of its bytes in one prefetch and opens no transfer of its own.
+const FITS_AHEAD: u64 = IO_SIZE_HINT as u64 + PAGE;
+const PAGE: u64 = 4096;
+/// Only this much of a file's beginning is parsed for a FITS primary header: a header that
+/// has not ended by then gets no prefetch (real primary headers are a few records).
+const FITS_PROBE_LIMIT: usize = 256 << 10;
 /// A sequential reader that has not read for this long has stopped: its stripes stop.
 pub(crate) const IDLE_STOP: Duration = Duration::from_secs(3);
 /// A sequential reader's run: where it is, and whether it still reads.
@@ -141,6 +159,10 @@ impl Run {
 
 struct SchedState {
     queue: Vec<Arc<Stream>>,
+    /// Prefetches waiting for a connection to come back rather than logging in a new one:
+    /// the next fetch thread whose stream ends runs them. A reader that comes for their
+    /// bytes moves them to `queue`.
+    deferred: Vec<Arc<Stream>>,
     running: usize,
     /// Streams told to stop for a waiting reader that have not ended yet.
     preempting: usize,
@@ -179,7 +201,13 @@ impl Fetcher {
             stats,
             timeout,
             memory_horizon,
-            state: Mutex::new(SchedState { queue: Vec::new(), running: 0, preempting: 0, files: HashMap::new() }),
+            state: Mutex::new(SchedState {
+                queue: Vec::new(),
+                deferred: Vec::new(),
+                running: 0,
+                preempting: 0,
+                files: HashMap::new(),
+            }),
             stopping: AtomicBool::new(false),
         })
     }
@@ -261,6 +289,15 @@ impl Fetcher {
         for s in &covering {
             s.waiters.fetch_add(1, Ordering::Relaxed);
         }
+        // A reader waits on a deferred prefetch: it runs as soon as any stream would.
+        let SchedState { queue, deferred, .. } = &mut *st;
+        deferred.retain(|d| {
+            let wanted = covering.iter().any(|c| Arc::ptr_eq(c, d));
+            if wanted {
+                queue.push(Arc::clone(d));
+            }
+            !wanted
+        });
         for s in new {
             st.files.entry(file.key).or_default().push(Arc::clone(&s));
             st.queue.push(s);
@@ -334,6 +371,67 @@ impl Fetcher {
         self.dispatch(&mut st);
     }
 
+    /// Looks at the first bytes of `file` in `block` (block 0) as a transfer from the start
+    /// of the file fills them: once they hold a whole FITS primary header, the next HDU's
+    /// header is prefetched. Returns whether to look again when more bytes arrive (the
+    /// header has not ended yet).
+    pub(super) fn probe_fits(self: &Arc<Self>, file: &Arc<FileRef>, block: &Block) -> bool {
+        let Some(filled) = block.lock().filled.containing(0) else { return true };
+        let n = filled.end.min(FITS_PROBE_LIMIT);
+        match fits::primary(block.filled_bytes(0..n)) {
+            Primary::Unknown => false,
+            Primary::NeedMore => n < FITS_PROBE_LIMIT && n < block.len(),
+            Primary::Header { next, .. } => {
+                // Only when a header fits after it; a file that ends there has no next HDU.
+                if next.saturating_add(fits::RECORD) <= file.size() {
+                    let from = next - next % PAGE;
+                    if self.prefetch(file, from, from + FITS_AHEAD) {
+                        log::debug!("{}: FITS, next header at {next}: fetching it ahead", file.id.path);
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Starts fetching `[a, b)` of `file` before anyone asks, unless memory or a live stream
+    /// has those bytes already. True when a transfer was queued.
+    pub(crate) fn prefetch(self: &Arc<Self>, file: &Arc<FileRef>, a: u64, b: u64) -> bool {
+        let b = b.min(file.size());
+        if a >= b {
+            return false;
+        }
+        let mut st = self.state.lock();
+        if (a / BLOCK_SIZE..=(b - 1) / BLOCK_SIZE).all(|i| self.is_whole(file, i)) {
+            return false;
+        }
+        // The first byte neither memory nor a live stream will have.
+        let from = self.filled_from(file, a, b).unwrap_or(a);
+        if from >= b {
+            return false;
+        }
+        let streams = st.files.entry(file.key).or_default();
+        let covered = streams.iter().any(|s| {
+            let t = s.st.lock();
+            t.live() && t.pos <= from && from < t.end
+        });
+        if covered {
+            return false;
+        }
+        let s = Stream::new(file, Kind::Peek, from, b, None);
+        streams.push(Arc::clone(&s));
+        Stats::add(&self.stats.prefetches, 1);
+        // The caller's own transfer holds a connection; when no other is free, this one
+        // waits for it (its reader is done within a few round trips) instead of a login.
+        if self.remote.ready() > 0 || st.running == 0 {
+            st.queue.push(s);
+            self.dispatch(&mut st);
+        } else {
+            st.deferred.push(s);
+        }
+        true
+    }
+
     /// Stops every stream of `run` (its reader closed the file or went elsewhere).
     pub(crate) fn stop_run(&self, run: &Arc<Run>) {
         run.stopped.store(true, Ordering::Relaxed);
@@ -381,7 +479,8 @@ impl Fetcher {
         let mut ended = Vec::new();
         {
             let mut st = self.state.lock();
-            let queued: Vec<_> = st.queue.drain(..).collect();
+            let mut queued: Vec<_> = st.queue.drain(..).collect();
+            queued.append(&mut st.deferred);
             for streams in st.files.values() {
                 for s in streams {
                     let mut t = s.st.lock();
@@ -432,6 +531,11 @@ impl Fetcher {
     fn dispatch(self: &Arc<Self>, st: &mut SchedState) {
         if self.stopping.load(Ordering::SeqCst) {
             return;
+        }
+        if st.running == 0 && !st.deferred.is_empty() {
+            // No transfer will end to hand them a connection: every connection is back.
+            let deferred = std::mem::take(&mut st.deferred);
+            st.queue.extend(deferred);
         }
         let limit = self.remote.parallelism().max(1);
         while st.running < limit {
@@ -518,8 +622,13 @@ impl Fetcher {
                 st.queue.push(rest);
             }
             let limit = self.remote.parallelism().max(1);
-            let next =
-                if st.running <= limit && !self.stopping.load(Ordering::SeqCst) { pick(&mut st.queue) } else { None };
+            let next = if st.running <= limit && !self.stopping.load(Ordering::SeqCst) {
+                // This thread's connection is coming back to the pool: a deferred prefetch
+                // gets it before the thread exits.
+                pick(&mut st.queue).or_else(|| (!st.deferred.is_empty()).then(|| st.deferred.remove(0)))
+            } else {
+                None
+            };
             match next {
                 Some(s) => {
                     s.st.lock().phase = Phase::Running;

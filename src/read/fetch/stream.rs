@@ -149,8 +149,10 @@ impl Stream {
 impl Fetcher {
     /// Runs one stream to its end. Returns the rest of its range when it was preempted and
     /// that rest is still wanted.
-    pub(super) fn run_stream(&self, s: &Arc<Stream>) -> Option<Arc<Stream>> {
+    pub(super) fn run_stream(self: &Arc<Self>, s: &Arc<Stream>) -> Option<Arc<Stream>> {
         let file = &s.file;
+        // A transfer from the file's first byte shows whether it is FITS (`probe_fits`).
+        let mut probing = s.start == 0;
         let size = file.size();
         let mut reader: Option<Box<dyn RangeReader>> = None;
         let mut opened_at = Instant::now();
@@ -280,6 +282,9 @@ impl Fetcher {
                     Stats::add(&self.stats.fetched_bytes, n as u64);
                     failures = 0;
                     last_progress = Instant::now();
+                    if probing {
+                        probing = index == 0 && self.probe_fits(file, &block);
+                    }
                 }
                 Err(e) => {
                     // The reader is dead; what it delivered is in the blocks.
@@ -360,9 +365,13 @@ impl Fetcher {
         t.end > pos && t.stop.is_none()
     }
 
+    /// Whether a queued stream wants this stream's connection more than a possible
+    /// extension does: a reader waits on it, or a prefetch waits for a connection to free.
     fn queue_has_waiters(&self) -> bool {
         // Called with a stream's lock held: only try the scheduler's lock, never wait on it.
-        self.state.try_lock().is_some_and(|st| st.queue.iter().any(|q| q.waiters.load(Ordering::Relaxed) > 0))
+        self.state
+            .try_lock()
+            .is_some_and(|st| !st.deferred.is_empty() || st.queue.iter().any(|q| q.waiters.load(Ordering::Relaxed) > 0))
     }
 
     /// After a failed open or a broken transfer: `Ok` to try again (at the exact byte the
