@@ -15,18 +15,15 @@
 use std::io::{self, Read};
 use std::time::{Instant, SystemTime};
 
-use super::conn::{Conn, Owes};
 use super::control::io_error;
 use super::data::{self, timed_out};
 use super::login::remaining;
 use super::pool::Lease;
 use super::transfer::mlst_entry;
 use super::watchdog;
-use super::wire::reset_on_close;
 use crate::error::RemoteError;
 use crate::listing::{Dialect, parse_mlsd_line};
 use crate::remote::{EntryKind, RemoteEntry};
-use crate::stats::Stats;
 
 /// A listing larger than this is refused rather than buffered without bound.
 const MAX_LISTING_BYTES: u64 = 256 << 20;
@@ -112,7 +109,7 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
             .map_err(|e| timed_out(e, &data_deadline))
             .inspect_err(|_| conn.control.set_broken())?;
         drop(data_deadline);
-        abort(conn, stream, stats);
+        conn.abort_transfer(stream, stats, true, timeout);
         return Err(e);
     }
     data::finish_tls(&mut stream)
@@ -125,7 +122,7 @@ pub(crate) fn list(lease: &mut Lease, dir: &str, deadline: Instant) -> Result<(V
     let read = read_bounded(&mut stream, &mut raw, timeout);
     match read {
         Ok(()) if raw.len() as u64 > MAX_LISTING_BYTES => {
-            abort(conn, stream, stats);
+            conn.abort_transfer(stream, stats, false, timeout);
             return Err(RemoteError::Protocol(format!("listing of {dir} exceeds {MAX_LISTING_BYTES} bytes")));
         }
         Ok(()) => {}
@@ -169,13 +166,6 @@ fn read_bounded(stream: &mut impl Read, raw: &mut Vec<u8>, timeout: std::time::D
             period_bytes = 0;
         }
     }
-}
-
-fn abort(conn: &mut Conn, stream: super::tls::TlsWire, stats: &Stats) {
-    reset_on_close(stream.sock.socket());
-    drop(stream);
-    conn.owes = Owes::Abort;
-    Stats::add(&stats.aborts, 1);
 }
 
 /// One path's entry without listing its parent. `None` when the server knows no such path.

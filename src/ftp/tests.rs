@@ -272,6 +272,34 @@ fn a_server_that_never_answers_retr_fails_the_open_with_a_timeout() {
 }
 
 #[test]
+fn a_transfer_the_server_breaks_off_is_a_transient_error_not_a_changed_file() {
+    // A server that closes the data connection early and says so (426, as vsftpd does when
+    // its send fails) has not told us the file is shorter: the read path must resume at
+    // the byte reached, not report the file as replaced (ESTALE).
+    let data = Arc::new(pattern(FILE, 9));
+    let d = Arc::clone(&data);
+    let retrs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = Arc::clone(&retrs);
+    let server = serve(false, move |c, s| {
+        if c.starts_with("RETR") && n.fetch_add(1, Ordering::SeqCst) == 0 {
+            s.reply(&format!("150 Opening BINARY mode data connection for /f ({FILE} bytes)."));
+            s.send(&d[..FILE / 2]);
+            s.reply("426 Failure writing network stream.");
+            return Answer::Done;
+        }
+        retr_like_vsftpd(c, s, &d)
+    });
+    let (r, _pool, stats, _dir) = remote(&server, Duration::from_secs(5));
+    let err = read_range(&r, 0, FILE, Intent::Run { end: FILE as u64 }).expect_err("broken off");
+    assert!(matches!(err, RemoteError::Protocol(_)), "a broken transfer, not a changed file: {err:?}");
+    // The 426 left the connection in step: the next read uses it again.
+    let got = read_range(&r, 0, FILE, Intent::Run { end: FILE as u64 }).expect("read again");
+    assert!(got == *data, "the whole file the second time");
+    assert_eq!(count(&stats, |s| &s.logins), 1, "the same connection served both transfers");
+    assert_eq!(count(&stats, |s| &s.reconnects), 0);
+}
+
+#[test]
 fn a_transfer_that_ends_before_the_listed_size_is_an_error_never_a_short_file() {
     let data = Arc::new(pattern(FILE / 2, 8));
     let d = Arc::clone(&data);

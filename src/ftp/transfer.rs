@@ -189,7 +189,7 @@ pub(crate) fn open(
             .inspect_err(|_| conn.control.set_broken())?;
         drop(data_deadline);
         count_link_bytes(&stream, &stats);
-        abort(conn, stream, &stats);
+        conn.abort_transfer(stream, &stats, true, timeout);
         return Err(e);
     }
     data::finish_tls(&mut stream)
@@ -199,6 +199,7 @@ pub(crate) fn open(
     Ok(FtpsReader {
         lease,
         stream: Some(stream),
+        start: offset,
         position: offset,
         size: version.size,
         progress: Progress::new(timeout),
@@ -342,15 +343,6 @@ fn announced_size(reply: &str) -> Option<u64> {
     matches!(words.next(), Some("bytes")).then_some(n)
 }
 
-/// Ends a started transfer early: the data connection is reset, and the connection owes the
-/// server an `ABOR` before its next command.
-fn abort(conn: &mut super::conn::Conn, stream: TlsWire, stats: &Stats) {
-    reset_on_close(stream.sock.socket());
-    drop(stream);
-    conn.owes = Owes::Abort;
-    Stats::add(&stats.aborts, 1);
-}
-
 /// Adds what crossed the link on a data connection (TCP's count) to `link_bytes`.
 fn count_link_bytes(stream: &TlsWire, stats: &Stats) {
     if let Some(n) = bytes_received(stream.sock.socket()) {
@@ -387,6 +379,8 @@ impl Progress {
 pub(crate) struct FtpsReader {
     lease: Lease,
     stream: Option<TlsWire>,
+    /// Where the transfer began (`REST`).
+    start: u64,
     position: u64,
     size: u64,
     progress: Progress,
@@ -417,7 +411,7 @@ impl FtpsReader {
         } else if self.ended || self.position >= self.size {
             conn.owes = Owes::Finish(Box::new(stream));
         } else {
-            abort(conn, stream, &self.stats);
+            conn.abort_transfer(stream, &self.stats, self.position == self.start, self.progress.timeout);
         }
     }
 }
@@ -444,12 +438,25 @@ impl RangeReader for FtpsReader {
             Ok(0) => {
                 self.ended = true;
                 self.failed = true;
-                // The server ended the transfer cleanly before the size the listing gave:
-                // the file is not the version the reader knows.
-                Err(RemoteError::Changed(format!(
-                    "the transfer ended at byte {}, the listing said {}",
-                    self.position, self.size
-                )))
+                let deadline = Instant::now() + self.progress.timeout;
+                let (Some(stream), Ok(conn)) = (self.stream.take(), self.lease.conn()) else {
+                    return Err(RemoteError::Protocol("read after close".into()));
+                };
+                match conn.end_of_short_transfer(stream, deadline) {
+                    // The server says it sent the whole file, short of the size the listing
+                    // gave: the file is not the version the reader knows.
+                    Ok(true) => Err(RemoteError::Changed(format!(
+                        "the transfer ended at byte {}, the listing said {}",
+                        self.position, self.size
+                    ))),
+                    // It broke the transfer off (a 4xx or 5xx reply): a transient failure,
+                    // which the read path resumes at this byte.
+                    Ok(false) => Err(RemoteError::Protocol(format!(
+                        "the server broke off the transfer at byte {}",
+                        self.position
+                    ))),
+                    Err(e) => Err(self.fail(e)),
+                }
             }
             Ok(n) => {
                 self.position += n as u64;
