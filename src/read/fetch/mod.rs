@@ -278,6 +278,13 @@ impl Fetcher {
                     at = end;
                 }
                 None => {
+                    // A stream that was bringing these bytes when memory was looked at above
+                    // may have filled them and ended since: it is no longer live, so nothing
+                    // above found it. Look at memory again before fetching them a second time.
+                    if let Some(filled_to) = self.filled_from(file, at, b) {
+                        at = filled_to;
+                        continue;
+                    }
                     let end = b.min(next_start).max(at + 1);
                     let s = Stream::new(file, Kind::Peek, at, end, None);
                     covering.push(Arc::clone(&s));
@@ -324,11 +331,14 @@ impl Fetcher {
         let mut gaps: Vec<(u64, u64)> = Vec::new();
         let mut at = from;
         while at < to {
+            // A live stream covers everything from where it began to its end: what lies behind
+            // its position it has fetched already. (Asking for `pos <= at` instead let a peek
+            // that had just passed `at` leave its last bytes to a stripe too, fetched twice.)
             let covered_to = streams
                 .iter()
                 .filter_map(|s| {
                     let t = s.st.lock();
-                    (t.live() && t.pos <= at && at < t.end).then_some(t.end)
+                    (t.live() && s.start <= at && at < t.end).then_some(t.end)
                 })
                 .max();
             if let Some(end) = covered_to {
