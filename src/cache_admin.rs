@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::cli::{CacheClearArgs, CacheCommand, CacheDuArgs, CacheVerifyArgs};
 use crate::dirstore::{self, StoredListing};
 use crate::read::disk::{self, Identity, StoredFile};
+use crate::stats_view::bytes;
 
 /// The file the cache commands touch after deleting anything.
 const STAMP: &str = "cleared";
@@ -165,7 +166,13 @@ impl Usage {
     }
 
     fn row(&self, label: &str) -> String {
-        format!("{:>10}  {:>7}  {:>6}  {:>8}  {label}", human(self.bytes()), self.blocks, self.files, self.listings)
+        format!(
+            "{:>10}  {:>7}  {:>6}  {:>8}  {label}",
+            bytes(self.bytes() as f64),
+            self.blocks,
+            self.files,
+            self.listings
+        )
     }
 }
 
@@ -247,7 +254,7 @@ fn du(args: CacheDuArgs) -> ExitCode {
     println!(
         "{}: {} in {} of {} and {}",
         dir.display(),
-        human(total.bytes()),
+        bytes(total.bytes() as f64),
         plural(total.blocks, "block"),
         plural(total.files, "file"),
         plural(total.listings, "listing")
@@ -302,17 +309,6 @@ pub(crate) fn layout_entries(root: &Path) -> io::Result<Vec<fs::DirEntry>> {
         }
     }
     Ok(out)
-}
-
-pub(crate) fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 // ------------------------------------------------------------------ clear
@@ -478,9 +474,9 @@ fn clear(args: CacheClearArgs) -> ExitCode {
             "{verb} {} of {} ({}) and {} ({}){} from {}",
             plural(removed.blocks, "block"),
             plural(removed.files, "file"),
-            human(removed.block_bytes),
+            bytes(removed.block_bytes as f64),
             plural(removed.listings, "listing"),
-            human(removed.listing_bytes),
+            bytes(removed.listing_bytes as f64),
             sel.describe(),
             dir.display()
         );
@@ -662,18 +658,18 @@ fn verify(args: CacheVerifyArgs) -> ExitCode {
         println!(
             "Checked {} ({}) and {} ({}) in {}",
             plural(n.blocks, "block"),
-            human(n.block_bytes),
+            bytes(n.block_bytes as f64),
             plural(n.listings, "listing"),
-            human(n.listing_bytes),
+            bytes(n.listing_bytes as f64),
             dir.display()
         );
         println!("Good: {}, {}", plural(n.good_blocks, "block"), plural(n.good_listings, "listing"));
         println!(
             "Removed: {} ({}), {} ({}), {}, {}",
             plural(n.bad_blocks, "damaged block"),
-            human(n.bad_block_bytes),
+            bytes(n.bad_block_bytes as f64),
             plural(n.bad_listings, "damaged listing"),
-            human(n.bad_listing_bytes),
+            bytes(n.bad_listing_bytes as f64),
             plural(n.bad_identities, "damaged identity record"),
             plural(n.stale_temps, "leftover temp file")
         );
@@ -739,9 +735,9 @@ mod tests {
 
     #[test]
     fn sizes_are_human() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(3 << 20), "3.0 MiB");
+        assert_eq!(bytes(512.0), "512 B");
+        assert_eq!(bytes(1536.0), "1.5 KiB");
+        assert_eq!(bytes(f64::from(3u32 << 20)), "3.0 MiB");
     }
 
     #[test]
