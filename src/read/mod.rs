@@ -15,7 +15,9 @@
 //!    or a new peek for just those bytes (`Intent::Peek`).
 //! 5. A fetch thread runs each transfer (`fetch/stream.rs`): `Remote::open`, then
 //!    `RangeReader::read` straight into the block's buffer (`block.rs`), a claimed range at
-//!    a time. Every read that lands wakes the readers waiting on that block.
+//!    a time. Every read that lands wakes the readers waiting on that block. A transfer from
+//!    a file's first byte also reads its FITS primary header as it arrives (`fits.rs`) and
+//!    starts fetching the next HDU's header before anyone asks (`Fetcher::prefetch`).
 //! 6. `read` returns as soon as its own range is filled — not when the block or the transfer
 //!    is done — as a slice of the block (no copy) or, across blocks, a copy.
 //! 7. Meanwhile the fetch thread hands each block it leaves to the cache writer
@@ -24,13 +26,15 @@
 //!
 //! Errors keep their kind from the transfer to `fs.rs` (a refused `RETR` is
 //! `RemoteError::Unavailable`, which `error.rs` turns into `EACCES`). A read waits for its
-//! bytes at most `--timeout` plus `WAIT_MARGIN` without progress, then fails (`EIO`).
+//! bytes at most `--timeout` plus `WAIT_MARGIN` without progress, then fails (`EIO`); for
+//! `TIMEOUT_ECHO` after that, a read of the same bytes through the same handle (the kernel's
+//! retry of its failed read-ahead) gets the same error at once.
 //!
 //! Threads and locks: FUSE threads run `read`, `open`, `release`; fetch threads, loader
 //! threads and the cache writer are described in their modules. Lock order across the read path: an
 //! `OpenFile`'s locks (pattern, then run), then the fetcher's state, then a stream's state,
-//! then the memory map, then a block's state; the buffer pool, the disk index and the writer
-//! queue are leaves.
+//! then the memory map, then a block's state; the buffer pool, the disk index, the writer
+//! queue and an `OpenFile`'s `timed_out` are leaves.
 
 mod block;
 pub(crate) mod disk;
