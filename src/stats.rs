@@ -36,6 +36,7 @@ counters! {
     aborts: "Transfers ended before the end of the file (the reader closed early).",
     listings: "Directory listings fetched (MLSD or LIST).",
     logins: "Control connections opened and logged in.",
+    spares: "Logins started in the background, when a request took the last ready connection.",
     reconnects: "Connections discarded after an error and replaced.",
     retries: "Operations retried after a transient failure.",
     too_many: "Refusals for too many connections (421).",

@@ -126,6 +126,64 @@ fn a_fits_header_read_of_a_two_hdu_1_gib_file_moves_little() {
     assert_eq!(transfers_when(&server, 2).len(), 2, "two RETRs");
 }
 
+/// Polls the mount's counters (up to `HANG`) until `logins` reaches `n`: a spare logs in in
+/// the background, so it shows up a moment after the request that started it.
+fn logins_reach(mount: &Mount, n: u64) -> u64 {
+    let deadline = Instant::now() + HANG;
+    loop {
+        let logins = stat_value(mount, "logins");
+        if logins >= n || Instant::now() > deadline {
+            return logins;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_spare_login_lets_a_fits_header_read_run_two_transfers_without_logging_in() {
+    if !ready(Kind::Vsftpd) {
+        return;
+    }
+    let size = 1 << 30;
+    let second = 2880 * ((512 * MIB) / 2880);
+    let (_root, server) = serve(Kind::Vsftpd, |r| {
+        let path = r.join("two.fits");
+        let f = fs::File::create(&path).expect("create");
+        // A primary image that ends where the extension begins, so the mount can tell.
+        let naxis1 = (second - 2880).to_string();
+        let primary =
+            fits_header(&[("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "1"), ("NAXIS1", &naxis1), ("EXTEND", "T")]);
+        f.write_all_at(&primary, 0).expect("primary header");
+        f.write_all_at(&fits_header(&[("XTENSION", "'IMAGE   '"), ("BITPIX", "8"), ("NAXIS", "0")]), second)
+            .expect("extension header");
+        f.set_len(size).expect("size");
+        set_mode(&path, 0o644);
+    });
+    let mount = Mount::start(&server);
+    assert_eq!(stat_value(&mount, "logins"), 1, "the mount logs in once");
+    // The listing takes the pool's only connection: a spare logs in behind it.
+    assert!(run(Command::new("ls").arg(mount.path("")), HANG).status.success());
+    assert_eq!(logins_reach(&mount, 2), 2, "a second connection logged in after the listing");
+    assert_eq!(stat_value(&mount, "spares"), 1, "in the background");
+    let (logins, spares) = (stat_value(&mount, "logins"), stat_value(&mount, "spares"));
+
+    let out = run(
+        Command::new("python3").args(["-c", READ_TWO_HEADERS]).arg(mount.path("two.fits")).arg(second.to_string()),
+        HANG,
+    );
+    assert!(out.status.success(), "python failed: {}\n{}", stderr_of(&out), mount.stderr());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SIMPLE  |XTENSION");
+    assert_eq!(stat_value(&mount, "fetches"), 2, "one transfer per header");
+    assert_eq!(stat_value(&mount, "prefetches"), 1, "the second header was fetched ahead");
+    // Both transfers found a connection ready; the one that took the last starts another
+    // spare, which never counts as the read's own login.
+    let new_logins = stat_value(&mount, "logins") - logins;
+    let new_spares = stat_value(&mount, "spares") - spares;
+    assert_eq!(new_logins, new_spares, "every login during the read was a spare");
+    assert!(new_spares <= 1, "one spare at a time: {new_spares}");
+    assert_eq!(stat_value(&mount, "reconnects"), 0);
+}
+
 /// One `open` + buffered read of 2880 bytes at an offset, as astropy reads each header (it
 /// opens the file again for the extension); prints the first 8 bytes.
 const READ_ONE_HEADER: &str = r#"
@@ -283,6 +341,43 @@ fn signal_all(pids: &[u32], signal: libc::c_int) {
         // SAFETY: signalling processes of the server this test started.
         unsafe { libc::kill(pid as libc::pid_t, signal) };
     }
+}
+
+/// The regression behind the first spare, reverted: a vsftpd session stopped and continued
+/// still answers `SIZE` but never `PASV` or `RETR` again, so the spare that sat idle through
+/// the stall made the read after it time out. A stall seen by one request closes every idle
+/// connection; the read after it logs in afresh. And no spare logs in while the server is
+/// stopped.
+#[test]
+fn a_connection_idle_through_a_server_stall_is_not_trusted_after_it() {
+    if !ready(Kind::Vsftpd) {
+        return;
+    }
+    let timeout = 3;
+    let (_root, server) = serve(Kind::Vsftpd, |r| write_pattern_file(&r.join("d/cold.bin"), 29, 4 * MIB));
+    let mount = Mount::builder(&server).args(["--timeout", &timeout.to_string()]).start();
+    assert!(run(Command::new("ls").arg(mount.path("d")), HANG).status.success());
+    // Two connections idle and armed when the server stops: the listing's and the spare.
+    assert_eq!(logins_reach(&mount, 2), 2, "a spare logged in after the listing");
+    let spares = stat_value(&mount, "spares");
+
+    let tree = process_tree(server.pid);
+    signal_all(&tree, libc::SIGSTOP);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = mount.path("d/cold.bin");
+    std::thread::spawn(move || {
+        let _ = tx.send(Command::new("cat").arg(path).output());
+    });
+    let out = rx.recv_timeout(Duration::from_secs(3 * timeout));
+    let spares_while_stopped = stat_value(&mount, "spares");
+    signal_all(&tree, libc::SIGCONT);
+    let out = out.expect("cat of a cold file still running").expect("run cat");
+    assert!(!out.status.success(), "no bytes from a stopped server");
+    assert_eq!(spares_while_stopped, spares, "no spare logs in while the server does not answer");
+
+    let again = run(Command::new("cat").arg(mount.path("d/cold.bin")), HANG);
+    assert!(again.status.success(), "after SIGCONT: {}\n{}", stderr_of(&again), mount.stderr());
+    assert!(again.stdout == pattern_bytes(29, 0, 4 * MIB as usize));
 }
 
 #[test]

@@ -64,6 +64,10 @@ pub(crate) struct Conn {
     pub(crate) last_used: Instant,
     /// Last time anything was exchanged, keep-alives included.
     pub(crate) last_contact: Instant,
+    /// A transfer on it failed because the server stopped sending (a data timeout).
+    pub(crate) stalled: bool,
+    /// The pool's stall count when this connection last proved itself (see `pool.rs`).
+    pub(crate) epoch: u64,
 }
 
 impl Conn {
@@ -79,6 +83,8 @@ impl Conn {
             owes: Owes::Nothing,
             last_used: now,
             last_contact: now,
+            stalled: false,
+            epoch: 0,
         }
     }
 

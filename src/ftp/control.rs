@@ -88,6 +88,11 @@ impl<T: Transport> Control<T> {
         self.broken
     }
 
+    /// Whether the last deadline armed for an exchange fired: the server did not answer in time.
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timer.as_ref().is_some_and(|t| t.load(Ordering::SeqCst))
+    }
+
     /// Marks the connection unusable (e.g. a transfer on it ended in an unknown state).
     pub(crate) fn set_broken(&mut self) {
         self.broken = true;

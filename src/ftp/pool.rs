@@ -7,8 +7,20 @@
 //! to the idle list ready. The limit drops when the server answers 421 (too many connections)
 //! and creeps back up later, as lftp does, because MAST's per-user limit is not published.
 //!
+//! A request that takes the last ready connection starts one *spare* login in the
+//! background, so the next request that comes while it runs (a FITS file's next header,
+//! prefetched while the first still arrives) finds a connection ready instead of paying a
+//! login on its critical path; requests wait for a spare on its way rather than log in
+//! themselves. A spare counts against the limit, runs one at a time, and only while the
+//! server answers: after a failed login or a timeout none starts until something succeeds.
+//! When the server stops answering (an exchange or a transfer times out), every idle
+//! connection is closed and those being tended are closed when they come back (`epoch`):
+//! they sat through the stall, and a vsftpd session stopped and continued never serves a
+//! data connection again.
+//!
 //! Threads: request threads (`get`, and dropping a `Lease`), arming jobs (one per connection
-//! being tended, ending when it is idle again or dropped) and the keep-alive thread all take
+//! being tended, ending when it is idle again or dropped), spare logins (one thread at a
+//! time, ending when its connection is idle or dropped) and the keep-alive thread all take
 //! the one `state` lock, briefly, never while talking to the server and never with another
 //! lock held. Connections are only ever dropped (their sockets closed) after the lock is
 //! released.
@@ -47,15 +59,32 @@ struct State {
     tending: usize,
     /// Logins in progress.
     opening: usize,
-    /// Requests waiting for a tended connection rather than logging in a new one.
+    /// Logins started in the background (spares); also counted in `opening`.
+    spares: usize,
+    /// Requests waiting for a tended connection or a spare rather than logging in a new one.
     awaiting_tended: usize,
     limit: usize,
     lowered_at: Option<Instant>,
+    /// Whether the last word from the server was good (a login, a re-arm or a keep-alive
+    /// that succeeded) rather than a failure: spares are only started against a server that
+    /// answers, so a stopped or dead one sees no logins but the requests' own.
+    answering: bool,
+    /// Times the server was seen to stop answering (an exchange or a transfer timed out).
+    /// A connection whose `epoch` is older sat through such a stall and is not trusted: a
+    /// vsftpd session stopped and continued (SIGSTOP, SIGCONT) still answers `SIZE` but never
+    /// `PASV` or `RETR` again (its privileged helper no longer serves it), so a request on
+    /// it would wait out its whole timeout.
+    epoch: u64,
 }
 
 impl State {
     fn live(&self) -> usize {
         self.idle.len() + self.leased + self.tending + self.opening
+    }
+
+    /// Connections that will be ready without a request logging in, not yet claimed.
+    fn coming(&self) -> usize {
+        (self.tending + self.spares).saturating_sub(self.awaiting_tended)
     }
 }
 
@@ -95,9 +124,12 @@ impl Pool {
                 leased: 0,
                 tending: 0,
                 opening: 0,
+                spares: 0,
                 awaiting_tended: 0,
                 limit: max,
                 lowered_at: None,
+                answering: true,
+                epoch: 0,
             }),
             freed: Condvar::new(),
             stats,
@@ -116,10 +148,10 @@ impl Pool {
     }
 
     /// Connections a request would get without logging in: idle ones, and those being
-    /// tended that no waiting request has claimed.
+    /// tended or logged in as spares that no waiting request has claimed.
     pub(crate) fn ready(&self) -> usize {
         let st = self.lock();
-        st.idle.len() + st.tending.saturating_sub(st.awaiting_tended)
+        st.idle.len() + st.coming()
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -164,7 +196,11 @@ impl Pool {
                 let at = st.idle.iter().rposition(|c| c.ahead.is_some()).unwrap_or(st.idle.len() - 1);
                 let mut conn = st.idle.swap_remove(at);
                 st.leased += 1;
+                let spare = Self::spare_due(&mut st);
                 drop(st);
+                if spare {
+                    self.spawn_spare();
+                }
                 if conn.control.is_quiet() {
                     conn.flights.set_on_request(true);
                     return Ok(Lease { pool: Arc::clone(self), conn: Some(conn), pooled: true });
@@ -177,7 +213,7 @@ impl Pool {
                 st.leased -= 1;
                 continue;
             }
-            if st.tending > st.awaiting_tended {
+            if st.coming() > 0 {
                 st.awaiting_tended += 1;
                 let timed_out = self.freed.wait_until(&mut st, deadline).timed_out();
                 st.awaiting_tended -= 1;
@@ -189,23 +225,20 @@ impl Pool {
             if st.live() < st.limit {
                 st.opening += 1;
                 drop(st);
-                let opened = self.open(deadline);
+                let opened = self.open(deadline, true);
                 st = self.lock();
                 st.opening -= 1;
                 match opened {
-                    Ok(conn) => {
+                    Ok(mut conn) => {
+                        st.answering = true;
+                        conn.epoch = st.epoch;
                         st.leased += 1;
                         return Ok(Lease { pool: Arc::clone(self), conn: Some(conn), pooled: false });
                     }
                     Err(e) => {
-                        if matches!(e, RemoteError::TooManyConnections(_)) {
-                            Stats::add(&self.stats.too_many, 1);
-                            // The server told us its real limit: what we hold now.
-                            st.limit = st.live().max(1);
-                            st.lowered_at = Some(Instant::now());
-                            log::warn!("server refused a connection ({e}); using at most {} connections", st.limit);
-                        }
-                        self.freed.notify_all();
+                        let untrusted = self.login_failed(&mut st, &e);
+                        drop(st);
+                        self.drop_all(untrusted);
                         return Err(e);
                     }
                 }
@@ -220,12 +253,111 @@ impl Pool {
     /// `false` if some still were at `deadline`.
     pub(crate) fn wait_untended(&self, deadline: Instant) -> bool {
         let mut st = self.lock();
-        while st.tending > 0 {
+        while st.tending > 0 || st.spares > 0 {
             if self.freed.wait_until(&mut st, deadline).timed_out() {
-                return st.tending == 0;
+                return st.tending == 0 && st.spares == 0;
             }
         }
         true
+    }
+
+    /// Whether to log in a spare now that a request took a connection: when no other is
+    /// ready or on its way, the next request that comes while this one runs (the next
+    /// header of a FITS file, fetched while the first still arrives) would otherwise pay a
+    /// whole login (TCP, TLS, USER/PASS, PBSZ/PROT, PASV: 6 to 8 round trips) on its
+    /// critical path. One at a time, within the limit, and only while the server answers.
+    /// Counts the spare in when it says yes.
+    fn spare_due(st: &mut State) -> bool {
+        let due = st.answering && st.spares == 0 && st.idle.is_empty() && st.coming() == 0 && st.live() < st.limit;
+        if due {
+            st.spares += 1;
+            st.opening += 1;
+        }
+        due
+    }
+
+    fn spawn_spare(self: &Arc<Self>) {
+        Stats::add(&self.stats.spares, 1);
+        let pool = Arc::clone(self);
+        let epoch = self.lock().epoch;
+        let spawned = std::thread::Builder::new().name("mastfs-spare".into()).spawn(move || pool.open_spare(epoch));
+        if let Err(e) = spawned {
+            log::warn!("no thread to log in a spare connection ({e})");
+            let mut st = self.lock();
+            st.spares -= 1;
+            st.opening -= 1;
+            self.freed.notify_all();
+        }
+    }
+
+    /// Logs in a spare connection and opens its data connection ahead, off the request path
+    /// (runs on its own thread); it joins the idle list, where `KEEPALIVE` and `IDLE_CLOSE`
+    /// apply to it as to any other.
+    fn open_spare(&self, epoch: u64) {
+        let timeout = self.timeout();
+        let opened = self
+            .open(Instant::now() + timeout, false)
+            .and_then(|mut conn| conn.settle_and_arm(self.epsv(), timeout, &self.stats).map(|()| conn));
+        let mut st = self.lock();
+        st.spares -= 1;
+        st.opening -= 1;
+        let mut untrusted = Vec::new();
+        match opened {
+            // Logged in while another connection saw the server stall: not trusted either.
+            Ok(conn) if st.epoch != epoch => untrusted.push(conn),
+            Ok(mut conn) => {
+                st.answering = true;
+                conn.epoch = epoch;
+                st.idle.push(conn);
+            }
+            Err(e) => {
+                log::info!("a spare connection could not log in: {e}");
+                untrusted = self.login_failed(&mut st, &e);
+            }
+        }
+        drop(st);
+        self.drop_all(untrusted);
+    }
+
+    /// A login failed: a 421 sets the limit to what we hold now (the server told us its
+    /// real limit); anything else means the server does not answer as it should, and no
+    /// spare is started until something succeeds again. Returns the connections a timeout
+    /// makes untrusted (see `stalled`).
+    #[must_use]
+    fn login_failed(&self, st: &mut State, e: &RemoteError) -> Vec<Conn> {
+        if matches!(e, RemoteError::TooManyConnections(_)) {
+            Stats::add(&self.stats.too_many, 1);
+            st.limit = st.live().max(1);
+            st.lowered_at = Some(Instant::now());
+            log::warn!("server refused a connection ({e}); using at most {} connections", st.limit);
+            return Vec::new();
+        }
+        st.answering = false;
+        if matches!(e, RemoteError::Timeout(_)) { Self::stalled(st) } else { Vec::new() }
+    }
+
+    /// The server stopped answering for a while: every idle connection sat through that
+    /// and is taken out to be closed (by the caller, after the lock), and those being tended
+    /// now are closed when they come back. Requests log in afresh instead; no spare starts
+    /// until something succeeds again.
+    #[must_use]
+    fn stalled(st: &mut State) -> Vec<Conn> {
+        st.epoch += 1;
+        st.answering = false;
+        let untrusted = std::mem::take(&mut st.idle);
+        if !untrusted.is_empty() {
+            log::info!("the server stalled: closing {} idle connection(s) that sat through it", untrusted.len());
+        }
+        untrusted
+    }
+
+    /// Closes connections already taken out of the pool's counts.
+    fn drop_all(&self, conns: Vec<Conn>) {
+        for conn in conns {
+            Stats::add(&self.stats.reconnects, 1);
+            drop(conn);
+        }
+        self.freed.notify_all();
     }
 
     fn maybe_raise_limit(&self, st: &mut State) {
@@ -241,13 +373,16 @@ impl Pool {
     /// Logs in on a connection of its own and closes it again: how an offline mount learns
     /// that the server answers once more (the pool's connections died with it).
     pub fn probe_login(&self) -> Result<(), RemoteError> {
-        let conn = self.open(Instant::now() + self.endpoint.timeout)?;
+        let conn = self.open(Instant::now() + self.endpoint.timeout, true)?;
         conn.quit();
         Ok(())
     }
 
-    fn open(&self, deadline: Instant) -> Result<Conn, RemoteError> {
+    /// `on_request`: whether a request waits for this login (its round trips count as the
+    /// request's) or it runs in the background (a spare).
+    fn open(&self, deadline: Instant, on_request: bool) -> Result<Conn, RemoteError> {
         let flights = Flights::new(Arc::clone(&self.stats));
+        flights.set_on_request(on_request);
         let session = login(&self.endpoint, &self.tls, &self.kx, &flights, deadline)?;
         Stats::add(&self.stats.logins, 1);
         Ok(Conn::new(session, flights))
@@ -258,13 +393,20 @@ impl Pool {
         conn.last_used = Instant::now();
         conn.last_contact = conn.last_used;
         if conn.control.is_broken() {
-            self.lock().leased -= 1;
+            let untrusted = {
+                let mut st = self.lock();
+                st.leased -= 1;
+                st.answering = false;
+                if conn.control.timed_out() || conn.stalled { Self::stalled(&mut st) } else { Vec::new() }
+            };
             self.discard(conn);
+            self.drop_all(untrusted);
             return;
         }
         if !conn.needs_tending() {
             let mut st = self.lock();
             st.leased -= 1;
+            conn.epoch = st.epoch;
             st.idle.push(conn);
             self.freed.notify_all();
             return;
@@ -273,6 +415,7 @@ impl Pool {
             let mut st = self.lock();
             st.leased -= 1;
             st.tending += 1;
+            conn.epoch = st.epoch;
         }
         conn.flights.set_on_request(false);
         let pool = Arc::clone(self);
@@ -294,13 +437,26 @@ impl Pool {
             Ok(()) => {
                 let mut st = self.lock();
                 st.tending -= 1;
+                if conn.epoch != st.epoch {
+                    // Tended while the server stalled: not trusted (see `epoch`).
+                    drop(st);
+                    self.discard(conn);
+                    return;
+                }
+                st.answering = true;
                 st.idle.push(conn);
                 self.freed.notify_all();
             }
             Err(e) => {
                 log::info!("dropping a connection that could not be made ready: {e}");
-                self.lock().tending -= 1;
+                let untrusted = {
+                    let mut st = self.lock();
+                    st.tending -= 1;
+                    st.answering = false;
+                    if matches!(e, RemoteError::Timeout(_)) { Self::stalled(&mut st) } else { Vec::new() }
+                };
                 self.discard(conn);
+                self.drop_all(untrusted);
             }
         }
     }
@@ -316,10 +472,13 @@ impl Pool {
     fn tend_idle(&self) {
         let due: Vec<Conn> = {
             let mut st = self.lock();
-            let (due, fresh): (Vec<Conn>, Vec<Conn>) =
+            let (mut due, fresh): (Vec<Conn>, Vec<Conn>) =
                 st.idle.drain(..).partition(|c| c.last_contact.elapsed() >= KEEPALIVE);
             st.idle = fresh;
             st.tending += due.len();
+            for conn in &mut due {
+                conn.epoch = st.epoch;
+            }
             due
         };
         for mut conn in due {

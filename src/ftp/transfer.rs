@@ -395,6 +395,7 @@ impl FtpsReader {
         self.failed = true;
         if let Ok(conn) = self.lease.conn() {
             conn.control.set_broken();
+            conn.stalled = matches!(e, RemoteError::Timeout(_));
         }
         e
     }
