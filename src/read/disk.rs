@@ -507,11 +507,11 @@ impl BlockCache {
     ) -> io::Result<()> {
         let dir = self.file_dir(key);
         let path = self.block_path(key, index);
-        let mut head = Vec::with_capacity(HEADER_LEN + EXTENT_LEN * extents.len());
-        head.extend_from_slice(&encode_header(key, index, len, extents));
-        for (start, bytes) in extents {
-            head.extend_from_slice(&encode_extent(*start, bytes));
-        }
+        // Each extent's checksum once: it is a pass over the bytes, as long as writing them.
+        let table: Vec<u8> = extents.iter().flat_map(|(start, bytes)| encode_extent(*start, bytes)).collect();
+        let mut head = Vec::with_capacity(HEADER_LEN + table.len());
+        head.extend_from_slice(&encode_header(key, index, len, extents.len(), &table));
+        head.extend_from_slice(&table);
         // The pid in the name tells a later open whether the writer may still be alive; the
         // temp file is deleted by its own drop if anything below fails.
         let prefix = format!("{index:010}{TMP_MARKER}{}.", std::process::id());
@@ -637,7 +637,8 @@ fn decode_identity(bytes: &[u8], key: &[u8; 32]) -> Result<FileId, String> {
     Ok(id)
 }
 
-fn encode_header(key: &[u8; 32], index: u64, len: u64, extents: &[(usize, &[u8])]) -> [u8; HEADER_LEN] {
+/// The header of a block of `len` bytes whose extent table (`count` entries) is `table`.
+fn encode_header(key: &[u8; 32], index: u64, len: u64, count: usize, table: &[u8]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&BLOCK_FORMAT_VERSION.to_le_bytes());
@@ -645,12 +646,8 @@ fn encode_header(key: &[u8; 32], index: u64, len: u64, extents: &[(usize, &[u8])
     h[44..52].copy_from_slice(&index.to_le_bytes());
     // Blocks are at most BLOCK_SIZE (1 MiB) and extents at most MAX_EXTENTS: both fit.
     h[52..56].copy_from_slice(&(len as u32).to_le_bytes());
-    h[56..58].copy_from_slice(&(extents.len() as u16).to_le_bytes());
-    let mut table = crc32fast::Hasher::new();
-    for (start, bytes) in extents {
-        table.update(&encode_extent(*start, bytes));
-    }
-    h[60..64].copy_from_slice(&table.finalize().to_le_bytes());
+    h[56..58].copy_from_slice(&(count as u16).to_le_bytes());
+    h[60..64].copy_from_slice(&crc32fast::hash(table).to_le_bytes());
     let hcrc = crc32fast::hash(&h[0..64]);
     h[64..68].copy_from_slice(&hcrc.to_le_bytes());
     h
