@@ -76,6 +76,8 @@ struct Shared {
     /// Directories whose listing is refused (`550`) though their entries can be looked up.
     refused_lists: Mutex<Vec<String>>,
     opens: AtomicU64,
+    /// The most connections `prepare` was asked for.
+    prepared: AtomicUsize,
     bytes: AtomicU64,
     live: AtomicUsize,
     log: Mutex<Vec<Transfer>>,
@@ -140,6 +142,11 @@ impl FakeRemote {
     /// `stat`s answered.
     pub fn stats(&self) -> u64 {
         self.shared.stats.load(Ordering::SeqCst)
+    }
+
+    /// The most connections a reader asked to have logged in ahead (`Remote::prepare`).
+    pub fn prepared(&self) -> usize {
+        self.shared.prepared.load(Ordering::SeqCst)
     }
 
     /// Transfers opened (each one a `REST` + `RETR` on a real server).
@@ -280,6 +287,11 @@ impl Remote for FakeRemote {
     /// One connection per transfer, all logged in: those no transfer holds.
     fn ready(&self) -> usize {
         self.parallelism().saturating_sub(self.shared.live.load(Ordering::SeqCst))
+    }
+
+    /// Every connection is logged in already here: only remembered for tests.
+    fn prepare(&self, connections: usize) {
+        self.shared.prepared.fetch_max(connections, Ordering::SeqCst);
     }
 
     fn list(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {

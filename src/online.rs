@@ -229,6 +229,12 @@ impl Remote for Gated {
     fn ready(&self) -> usize {
         self.inner.ready()
     }
+
+    fn prepare(&self, connections: usize) {
+        if !self.link.is_offline() {
+            self.inner.prepare(connections);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -122,4 +122,9 @@ pub trait Remote: Send + Sync + 'static {
     fn ready(&self) -> usize {
         self.parallelism()
     }
+
+    /// Gets up to `connections` logged-in connections ready in the background, without
+    /// waiting: a reader that has just turned sequential will want them all, and logging
+    /// them in now, in parallel, takes the logins off the path of its stripes' first bytes.
+    fn prepare(&self, _connections: usize) {}
 }

@@ -271,6 +271,8 @@ fn copy_with(kind: Kind, connections: u64, size: u64) {
     assert_eq!(stat_value(&mount, "resumed"), 0);
     assert_eq!(stat_value(&mount, "planned_ends"), fetches - 1, "every transfer ends where the next begins");
     assert_eq!(stat_value(&mount, "fetched_bytes"), size, "every byte fetched once");
+    // Logged in ahead when the stripes were planned, and each stripe used one of those.
+    assert_eq!(stat_value(&mount, "logins"), connections, "each connection logged in once");
     // The server's view: one RETR per transfer, and the last one runs to the end of the file.
     // On loopback a stripe closed at its end can still be logged complete: the server may
     // have written the rest of the file into the socket buffers (megabytes here) before it

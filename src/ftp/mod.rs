@@ -175,6 +175,10 @@ impl Remote for FtpsRemote {
     fn ready(&self) -> usize {
         self.pool.ready()
     }
+
+    fn prepare(&self, connections: usize) {
+        self.pool.prepare(connections);
+    }
 }
 
 /// A read at or past the end of the file: nothing to fetch.

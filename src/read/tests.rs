@@ -609,6 +609,34 @@ fn a_reader_that_stops_after_a_few_mib_leaves_the_other_stripes_unopened() {
     assert!(stat(&stats.stripes) >= 1);
 }
 
+#[test]
+fn a_reader_that_turns_sequential_gets_every_connection_logged_in_before_its_stripes_open() {
+    let size = 256 * MIB;
+    let data = pattern(size as usize, 19);
+    let remote = FakeRemote::with_file("/big", data.clone());
+    remote.set_parallelism(8);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = BlockCache::open(dir.path(), 4 << 30).expect("cache");
+    let (rp, _) = read_path(&remote, Some(disk), config());
+    let f = rp.open(id(&remote, "/big"));
+    // Random reads (a FITS header, then another) log in nothing ahead.
+    let off = 100 * MIB;
+    assert!(rp.read(&f, off, 4096).expect("read")[..] == data[off as usize..off as usize + 4096]);
+    assert!(rp.read(&f, 0, 4096).expect("read")[..] == data[..4096]);
+    assert_eq!(remote.prepared(), 0, "a random reader wants one connection");
+    let mut off = 0;
+    while off < 3 * MIB {
+        let got = rp.read(&f, off, MIB as u32).expect("read");
+        assert!(got[..] == data[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+    // Its other stripes wait for the ramp (`FULL_SPEED_AFTER`), their connections do not.
+    assert_eq!(remote.prepared(), 8, "every connection asked for when the stripes were planned");
+    assert!(remote.transfers().len() <= 4, "{:?}", remote.transfers());
+    rp.release(&f);
+    until_quiet(&remote);
+}
+
 /// A two-HDU FITS file: a one-record primary header over `data_len` bytes of 8-bit data,
 /// then an extension header, then `tail` bytes of pattern. Returns the bytes and where the
 /// extension header begins.

@@ -17,6 +17,10 @@
 //!   order, stripes fetch at most 8 MiB ahead of it (so only the one it reads from runs): a
 //!   reader that stops after a few MiB does not leave every connection fetching the rest of
 //!   the file (`head -c 10M` of 1 GiB: 35 MiB fetched instead of 110 MiB on loopback).
+//!   The connections the stripes will need are logged in when the stripes are planned
+//!   (`Remote::prepare`), in parallel, so the ramp's end finds them ready: on the
+//!   packet-level link at 80 ms every stripe had its first byte 2.2 s after `cp` began instead
+//!   of 3.5 s, when each logged in as it started.
 //!
 //! How a stripe's end is counted: a stream that stops exactly at its planned `end` before the
 //! end of the file is a *planned end* (`planned_ends`); one that reaches the end of the file
@@ -49,8 +53,9 @@
 //! `prefetch` (never holding a lock); each running stream has a fetch
 //! thread (`mastfs-fetch`), which takes the next queued stream when its own ends and exits
 //! when there is none. Lock order: `Fetcher::state`, then a `Stream::st`, then `Memory`'s map,
-//! then a block's lock; `Run::progress` is taken alone. `Remote::ready` (the connection
-//! pool's lock, a leaf) is asked under `Fetcher::state`. Waiters on blocks read a stream's
+//! then a block's lock; `Run::progress` is taken alone. `Remote::ready` and `Remote::prepare`
+//! (the connection pool's lock, a leaf; `prepare` only starts logins) are called under
+//! `Fetcher::state`. Waiters on blocks read a stream's
 //! `ended` flag, never its lock.
 
 use std::collections::HashMap;
@@ -358,8 +363,16 @@ impl Fetcher {
         }
         run.claim_plan(to);
         let connections = self.remote.parallelism().max(1) as u64;
+        let count = |(start, end): &(u64, u64)| ((end - start) / MIN_STRIPE).clamp(1, connections);
+        let planned: u64 = gaps.iter().map(count).sum();
+        if planned > 0 {
+            // The stripes beyond the first would each log in when they start (after the ramp,
+            // `FULL_SPEED_AFTER`): log them in now, in parallel. One more for the connection
+            // the reader's peek holds.
+            self.remote.prepare((planned + 1).min(connections) as usize);
+        }
         for (start, end) in gaps {
-            let stripes = ((end - start) / MIN_STRIPE).clamp(1, connections);
+            let stripes = count(&(start, end));
             // Stripe boundaries on block boundaries, so no block is shared by two stripes.
             let blocks = (end - start).div_ceil(BLOCK_SIZE);
             let mut at = start;
