@@ -93,6 +93,17 @@ with open(path, "rb") as f:
 sys.stdout.write(first[:8].decode() + "|" + ext[:8].decode())
 "#;
 
+/// A sparse FITS file of `size` bytes: `primary` at 0 and an empty image extension's header at
+/// `second`. Sparse, so the server reads zeros and the disk holds nothing.
+fn write_two_hdu_fits(path: &Path, primary: &[u8], second: u64, size: u64) {
+    let f = fs::File::create(path).expect("create");
+    f.write_all_at(primary, 0).expect("primary header");
+    f.write_all_at(&fits_header(&[("XTENSION", "'IMAGE   '"), ("BITPIX", "8"), ("NAXIS", "0")]), second)
+        .expect("extension header");
+    f.set_len(size).expect("size");
+    set_mode(path, 0o644);
+}
+
 #[test]
 fn a_fits_header_read_of_a_two_hdu_1_gib_file_moves_little() {
     if !ready(Kind::Vsftpd) {
@@ -102,15 +113,8 @@ fn a_fits_header_read_of_a_two_hdu_1_gib_file_moves_little() {
     // Where astropy finds the second header: after the primary data, padded to 2880 bytes.
     let second = 2880 * ((512 * MIB) / 2880);
     let (_root, server) = serve(Kind::Vsftpd, |r| {
-        let path = r.join("two.fits");
-        let f = fs::File::create(&path).expect("create");
-        f.write_all_at(&fits_header(&[("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "0"), ("EXTEND", "T")]), 0)
-            .expect("primary header");
-        f.write_all_at(&fits_header(&[("XTENSION", "'IMAGE   '"), ("BITPIX", "8"), ("NAXIS", "0")]), second)
-            .expect("extension header");
-        // Sparse: the server reads zeros, the disk holds nothing.
-        f.set_len(size).expect("size");
-        set_mode(&path, 0o644);
+        let primary = fits_header(&[("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "0"), ("EXTEND", "T")]);
+        write_two_hdu_fits(&r.join("two.fits"), &primary, second, size);
     });
     let mount = Mount::start(&server);
     let out = run(
@@ -147,17 +151,11 @@ fn a_spare_login_lets_a_fits_header_read_run_two_transfers_without_logging_in() 
     let size = 1 << 30;
     let second = 2880 * ((512 * MIB) / 2880);
     let (_root, server) = serve(Kind::Vsftpd, |r| {
-        let path = r.join("two.fits");
-        let f = fs::File::create(&path).expect("create");
         // A primary image that ends where the extension begins, so the mount can tell.
         let naxis1 = (second - 2880).to_string();
         let primary =
             fits_header(&[("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "1"), ("NAXIS1", &naxis1), ("EXTEND", "T")]);
-        f.write_all_at(&primary, 0).expect("primary header");
-        f.write_all_at(&fits_header(&[("XTENSION", "'IMAGE   '"), ("BITPIX", "8"), ("NAXIS", "0")]), second)
-            .expect("extension header");
-        f.set_len(size).expect("size");
-        set_mode(&path, 0o644);
+        write_two_hdu_fits(&r.join("two.fits"), &primary, second, size);
     });
     let mount = Mount::start(&server);
     assert_eq!(stat_value(&mount, "logins"), 1, "the mount logs in once");
