@@ -609,13 +609,7 @@ fn decode_identity(bytes: &[u8], key: &[u8; 32]) -> Result<FileId, String> {
     if bytes.len() < 32 + 12 || crc32fast::hash(body) != le_u32(crc) {
         return Err("identity record checksum mismatch".into());
     }
-    if body[0..8] != ID_MAGIC {
-        return Err("not an identity record".into());
-    }
-    let version = le_u32(&body[8..12]);
-    if version != ID_FORMAT_VERSION {
-        return Err(format!("identity record version {version}"));
-    }
+    check_kind(body, &ID_MAGIC, ID_FORMAT_VERSION, "identity record")?;
     let size = le_u64(&body[12..20]);
     let mtime = le_u64(&body[20..28]) as i64;
     let mut at = 28;
@@ -673,18 +667,25 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Checks that `record` (at least 12 bytes) opens with `magic` and the format `version` this
+/// build writes: every record of ours begins `magic 8 | version 4`.
+fn check_kind(record: &[u8], magic: &[u8; 8], version: u32, what: &str) -> Result<(), String> {
+    if record[0..8] != *magic {
+        return Err(format!("not a {what} (bad magic)"));
+    }
+    let found = le_u32(&record[8..12]);
+    if found != version {
+        return Err(format!("{what} of unknown format version {found}"));
+    }
+    Ok(())
+}
+
 /// Checks the header against the block asked for; returns the extent count and table crc.
 fn check_header(h: &[u8; HEADER_LEN], key: &[u8; 32], index: u64, expected: u64) -> Result<(usize, u32), String> {
     if le_u32(&h[64..68]) != crc32fast::hash(&h[0..64]) {
         return Err("header checksum mismatch".into());
     }
-    if h[0..8] != MAGIC {
-        return Err("bad magic".into());
-    }
-    let version = le_u32(&h[8..12]);
-    if version != BLOCK_FORMAT_VERSION {
-        return Err(format!("unknown format version {version}"));
-    }
+    check_kind(h, &MAGIC, BLOCK_FORMAT_VERSION, "block header")?;
     if &h[12..44] != key {
         return Err("block belongs to another file".into());
     }
