@@ -524,18 +524,38 @@ fn remove_file_dir(f: &StoredFile, dry_run: bool, removed: &mut Removed) {
 
 // ------------------------------------------------------------------ verify
 
+/// What `verify` found of one kind of file (blocks, or listings).
+#[derive(Default)]
+struct Tally {
+    /// Files still there when checked, and their bytes.
+    files: u64,
+    bytes: u64,
+    good: u64,
+    /// Files that failed a check and were removed, and their bytes.
+    bad: u64,
+    bad_bytes: u64,
+}
+
+impl Tally {
+    fn count(&mut self, verdict: &Verdict, size: u64) {
+        match verdict {
+            Verdict::Gone => return,
+            Verdict::Good => self.good += 1,
+            Verdict::Removed(_) => {
+                self.bad += 1;
+                self.bad_bytes += size;
+            }
+            Verdict::Unreadable(_) => {}
+        }
+        self.files += 1;
+        self.bytes += size;
+    }
+}
+
 #[derive(Default)]
 struct Checked {
-    blocks: u64,
-    block_bytes: u64,
-    good_blocks: u64,
-    bad_blocks: u64,
-    bad_block_bytes: u64,
-    listings: u64,
-    listing_bytes: u64,
-    good_listings: u64,
-    bad_listings: u64,
-    bad_listing_bytes: u64,
+    blocks: Tally,
+    listings: Tally,
     bad_identities: u64,
     stale_temps: u64,
     /// Files that could not be read (left in place).
@@ -573,26 +593,15 @@ fn verify(args: CacheVerifyArgs) -> ExitCode {
             }
         };
         for b in &f.blocks {
-            match disk::verify_block(f, b) {
-                Verdict::Good => {
-                    n.blocks += 1;
-                    n.block_bytes += b.size;
-                    n.good_blocks += 1;
-                }
-                Verdict::Removed(why) => {
-                    n.blocks += 1;
-                    n.block_bytes += b.size;
-                    n.bad_blocks += 1;
-                    n.bad_block_bytes += b.size;
-                    report.push(format!("removed block {} of {whose}: {why}", b.index));
-                }
-                Verdict::Gone => {}
+            let verdict = disk::verify_block(f, b);
+            n.blocks.count(&verdict, b.size);
+            match verdict {
+                Verdict::Removed(why) => report.push(format!("removed block {} of {whose}: {why}", b.index)),
                 Verdict::Unreadable(e) => {
-                    n.blocks += 1;
-                    n.block_bytes += b.size;
                     n.unreadable += 1;
                     report.push(format!("cannot read block {} of {whose} ({}): {e}", b.index, b.path.display()));
                 }
+                Verdict::Good | Verdict::Gone => {}
             }
         }
         for t in &f.stale_temps {
@@ -606,45 +615,34 @@ fn verify(args: CacheVerifyArgs) -> ExitCode {
             Ok(id) => format!("{} {} {}", id.server, id.user, id.path),
             Err(_) => format!("unknown directory {}", l.file.display()),
         };
-        match dirstore::verify_listing(l) {
-            Verdict::Good => {
-                n.listings += 1;
-                n.listing_bytes += l.size;
-                n.good_listings += 1;
-            }
-            Verdict::Removed(why) => {
-                n.listings += 1;
-                n.listing_bytes += l.size;
-                n.bad_listings += 1;
-                n.bad_listing_bytes += l.size;
-                report.push(format!("removed the listing of {whose}: {why}"));
-            }
-            Verdict::Gone => {}
+        let verdict = dirstore::verify_listing(l);
+        n.listings.count(&verdict, l.size);
+        match verdict {
+            Verdict::Removed(why) => report.push(format!("removed the listing of {whose}: {why}")),
             Verdict::Unreadable(e) => {
-                n.listings += 1;
-                n.listing_bytes += l.size;
                 n.unreadable += 1;
                 report.push(format!("cannot read the listing of {whose} ({}): {e}", l.file.display()));
             }
+            Verdict::Good | Verdict::Gone => {}
         }
     }
-    let damaged = n.bad_blocks + n.bad_listings + n.bad_identities;
+    let damaged = n.blocks.bad + n.listings.bad + n.bad_identities;
     if damaged > 0 && touch_stamp(&dir).is_err() {
         report.push("cannot tell running mounts about the removals; they notice each file as they miss it".into());
     }
     if args.json {
         let v = json!({
             "cache_dir": dir.display().to_string(),
-            "blocks": n.blocks,
-            "block_bytes": n.block_bytes,
-            "good_blocks": n.good_blocks,
-            "removed_blocks": n.bad_blocks,
-            "removed_block_bytes": n.bad_block_bytes,
-            "listings": n.listings,
-            "listing_bytes": n.listing_bytes,
-            "good_listings": n.good_listings,
-            "removed_listings": n.bad_listings,
-            "removed_listing_bytes": n.bad_listing_bytes,
+            "blocks": n.blocks.files,
+            "block_bytes": n.blocks.bytes,
+            "good_blocks": n.blocks.good,
+            "removed_blocks": n.blocks.bad,
+            "removed_block_bytes": n.blocks.bad_bytes,
+            "listings": n.listings.files,
+            "listing_bytes": n.listings.bytes,
+            "good_listings": n.listings.good,
+            "removed_listings": n.listings.bad,
+            "removed_listing_bytes": n.listings.bad_bytes,
             "removed_identities": n.bad_identities,
             "removed_temp_files": n.stale_temps,
             "unreadable": n.unreadable,
@@ -657,19 +655,19 @@ fn verify(args: CacheVerifyArgs) -> ExitCode {
         }
         println!(
             "Checked {} ({}) and {} ({}) in {}",
-            plural(n.blocks, "block"),
-            bytes(n.block_bytes as f64),
-            plural(n.listings, "listing"),
-            bytes(n.listing_bytes as f64),
+            plural(n.blocks.files, "block"),
+            bytes(n.blocks.bytes as f64),
+            plural(n.listings.files, "listing"),
+            bytes(n.listings.bytes as f64),
             dir.display()
         );
-        println!("Good: {}, {}", plural(n.good_blocks, "block"), plural(n.good_listings, "listing"));
+        println!("Good: {}, {}", plural(n.blocks.good, "block"), plural(n.listings.good, "listing"));
         println!(
             "Removed: {} ({}), {} ({}), {}, {}",
-            plural(n.bad_blocks, "damaged block"),
-            bytes(n.bad_block_bytes as f64),
-            plural(n.bad_listings, "damaged listing"),
-            bytes(n.bad_listing_bytes as f64),
+            plural(n.blocks.bad, "damaged block"),
+            bytes(n.blocks.bad_bytes as f64),
+            plural(n.listings.bad, "damaged listing"),
+            bytes(n.listings.bad_bytes as f64),
             plural(n.bad_identities, "damaged identity record"),
             plural(n.stale_temps, "leftover temp file")
         );
