@@ -837,46 +837,69 @@ fn scan(root: &Path) -> io::Result<Vec<Found>> {
 
 /// Whether `dir` still holds a block or a live writer's temp file.
 fn scan_file_dir(dir: &Path, key: [u8; 32], found: &mut Vec<Found>) -> bool {
-    let Ok(entries) = fs::read_dir(dir) else {
+    let Some(entries) = file_dir_entries(dir) else {
         return true;
     };
     let mut busy = false;
     let largest = (HEADER_LEN + EXTENT_LEN * MAX_EXTENTS) as u64 + BLOCK_SIZE;
     for entry in entries {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        if let Some((_, owner)) = name.split_once(TMP_MARKER) {
-            if tmp_is_stale(owner, &meta) {
-                let _ = fs::remove_file(entry.path());
-            } else {
+        match entry {
+            DirEntry::Temp { path, stale: true } => {
+                let _ = fs::remove_file(path);
+            }
+            DirEntry::Temp { stale: false, .. } => busy = true,
+            DirEntry::Block { index, path, meta } => {
+                let size = meta.len();
+                if size <= (HEADER_LEN + EXTENT_LEN) as u64 || size > largest {
+                    let _ = fs::remove_file(path);
+                    continue;
+                }
+                let atime = meta.accessed().unwrap_or(SystemTime::UNIX_EPOCH);
+                let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                found.push(Found { key: (key, index), size, last_use: atime.max(mtime) });
                 busy = true;
             }
-            continue;
         }
-        let Some(index) = name
+    }
+    busy
+}
+
+/// A file in a per-file directory that is ours: a block, or a temp file of a put.
+enum DirEntry {
+    Block {
+        index: u64,
+        path: PathBuf,
+        meta: fs::Metadata,
+    },
+    /// `stale`: its writer is gone (see `tmp_is_stale`).
+    Temp {
+        path: PathBuf,
+        stale: bool,
+    },
+}
+
+/// The blocks and temp files in the per-file directory `dir`, as a mount's scan and
+/// `mastfs cache` both read it (anything else there is skipped); `None` if it cannot be read
+/// (it may have vanished since its parent was listed).
+fn file_dir_entries(dir: &Path) -> Option<impl Iterator<Item = DirEntry>> {
+    let entries = fs::read_dir(dir).ok()?;
+    Some(entries.flatten().filter_map(|entry| {
+        let name = entry.file_name();
+        let name = name.to_str()?;
+        let meta = entry.metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        if let Some((_, owner)) = name.split_once(TMP_MARKER) {
+            return Some(DirEntry::Temp { stale: tmp_is_stale(owner, &meta), path: entry.path() });
+        }
+        let index = name
             .strip_suffix(BLOCK_EXT)
             .and_then(|n| n.strip_suffix('.'))
             .filter(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        let size = meta.len();
-        if size <= (HEADER_LEN + EXTENT_LEN) as u64 || size > largest {
-            let _ = fs::remove_file(entry.path());
-            continue;
-        }
-        let atime = meta.accessed().unwrap_or(SystemTime::UNIX_EPOCH);
-        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        found.push(Found { key: (key, index), size, last_use: atime.max(mtime) });
-        busy = true;
-    }
-    busy
+            .and_then(|n| n.parse::<u64>().ok())?;
+        Some(DirEntry::Block { index, path: entry.path(), meta })
+    }))
 }
 
 /// What one per-file directory holds, as `mastfs cache` sees it.
@@ -939,23 +962,11 @@ fn stored_file(dir: PathBuf, key: [u8; 32]) -> StoredFile {
     };
     let mut file = StoredFile { dir, key, identity, blocks: Vec::new(), stale_temps: Vec::new() };
     // Vanished since the parent was listed (a mount evicted it): it holds nothing.
-    let Ok(entries) = fs::read_dir(&file.dir) else { return file };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        if let Some((_, owner)) = name.split_once(TMP_MARKER) {
-            if tmp_is_stale(owner, &meta) {
-                file.stale_temps.push(entry.path());
-            }
-            continue;
-        }
-        let index = name.strip_suffix(BLOCK_EXT).and_then(|n| n.strip_suffix('.')).and_then(|n| n.parse::<u64>().ok());
-        if let Some(index) = index {
-            file.blocks.push(StoredBlock { index, path: entry.path(), size: meta.len() });
+    for entry in file_dir_entries(&file.dir).into_iter().flatten() {
+        match entry {
+            DirEntry::Block { index, path, meta } => file.blocks.push(StoredBlock { index, path, size: meta.len() }),
+            DirEntry::Temp { path, stale: true } => file.stale_temps.push(path),
+            DirEntry::Temp { stale: false, .. } => {}
         }
     }
     file.blocks.sort_by_key(|b| b.index);
