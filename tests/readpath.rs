@@ -104,6 +104,17 @@ fn write_two_hdu_fits(path: &Path, primary: &[u8], second: u64, size: u64) {
     set_mode(path, 0o644);
 }
 
+/// Reads `two.fits`'s primary header and the extension header at `second`, as astropy does,
+/// and checks that both are what `write_two_hdu_fits` wrote.
+fn read_two_headers(mount: &Mount, second: u64) {
+    let out = run(
+        Command::new("python3").args(["-c", READ_TWO_HEADERS]).arg(mount.path("two.fits")).arg(second.to_string()),
+        HANG,
+    );
+    assert!(out.status.success(), "python failed: {}\n{}", stderr_of(&out), mount.stderr());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SIMPLE  |XTENSION");
+}
+
 #[test]
 fn a_fits_header_read_of_a_two_hdu_1_gib_file_moves_little() {
     if !ready(Kind::Vsftpd) {
@@ -117,12 +128,7 @@ fn a_fits_header_read_of_a_two_hdu_1_gib_file_moves_little() {
         write_two_hdu_fits(&r.join("two.fits"), &primary, second, size);
     });
     let mount = Mount::start(&server);
-    let out = run(
-        Command::new("python3").args(["-c", READ_TWO_HEADERS]).arg(mount.path("two.fits")).arg(second.to_string()),
-        HANG,
-    );
-    assert!(out.status.success(), "python failed: {}\n{}", stderr_of(&out), mount.stderr());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "SIMPLE  |XTENSION");
+    read_two_headers(&mount, second);
     assert_eq!(stat_value(&mount, "fetches"), 2, "one transfer per header");
     assert_eq!(stat_value(&mount, "stripes"), 0, "a header read is not a sequential read");
     let fetched = stat_value(&mount, "fetched_bytes");
@@ -165,12 +171,7 @@ fn a_spare_login_lets_a_fits_header_read_run_two_transfers_without_logging_in() 
     let (logins, spares) = (stat_value(&mount, "logins"), stat_value(&mount, "spares"));
     assert_eq!(logins, 1 + spares, "in the background");
 
-    let out = run(
-        Command::new("python3").args(["-c", READ_TWO_HEADERS]).arg(mount.path("two.fits")).arg(second.to_string()),
-        HANG,
-    );
-    assert!(out.status.success(), "python failed: {}\n{}", stderr_of(&out), mount.stderr());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "SIMPLE  |XTENSION");
+    read_two_headers(&mount, second);
     assert_eq!(stat_value(&mount, "fetches"), 2, "one transfer per header");
     assert_eq!(stat_value(&mount, "prefetches"), 1, "the second header was fetched ahead");
     // Both transfers found a connection ready; the one that took the last starts another
