@@ -63,7 +63,7 @@ struct State {
     /// Logins started in the background (spares); also counted in `opening`.
     spares: usize,
     /// Requests waiting for a tended connection or a spare rather than logging in a new one.
-    awaiting_tended: usize,
+    awaiting: usize,
     limit: usize,
     lowered_at: Option<Instant>,
     /// Whether the last word from the server was good (a login, a re-arm or a keep-alive
@@ -85,7 +85,7 @@ impl State {
 
     /// Connections that will be ready without a request logging in, not yet claimed.
     fn coming(&self) -> usize {
-        (self.tending + self.spares).saturating_sub(self.awaiting_tended)
+        (self.tending + self.spares).saturating_sub(self.awaiting)
     }
 }
 
@@ -126,7 +126,7 @@ impl Pool {
                 tending: 0,
                 opening: 0,
                 spares: 0,
-                awaiting_tended: 0,
+                awaiting: 0,
                 limit: max,
                 lowered_at: None,
                 answering: true,
@@ -187,8 +187,9 @@ impl Pool {
     }
 
     /// A connection for one request, before `deadline`: an idle one (one with a data
-    /// connection opened ahead first), else one being tended (ready in a few round trips,
-    /// sooner than a login), else a new login while under the limit.
+    /// connection opened ahead first), else one being tended or a spare being logged in that
+    /// no other request has claimed (ready sooner than a login of its own), else a new login
+    /// while under the limit.
     pub(crate) fn get(self: &Arc<Self>, deadline: Instant) -> Result<Lease, RemoteError> {
         let mut st = self.lock();
         loop {
@@ -215,9 +216,9 @@ impl Pool {
                 continue;
             }
             if st.coming() > 0 {
-                st.awaiting_tended += 1;
+                st.awaiting += 1;
                 let timed_out = self.freed.wait_until(&mut st, deadline).timed_out();
-                st.awaiting_tended -= 1;
+                st.awaiting -= 1;
                 if timed_out {
                     return Err(RemoteError::Timeout("waiting for a free server connection".into()));
                 }
