@@ -27,10 +27,10 @@ use super::login::remaining;
 use super::pool::Lease;
 use super::tls::TlsWire;
 use super::watchdog;
-use super::wire::{bytes_received, limit_receive_buffer, reset_on_close};
+use super::wire::{bytes_received, limit_receive_buffer, path_signal, reset_on_close};
 use crate::error::RemoteError;
 use crate::listing::parse_mlsd_line;
-use crate::remote::{Intent, RangeReader, Version};
+use crate::remote::{Intent, PathSignal, RangeReader, Version};
 use crate::stats::Stats;
 
 /// Data connections must keep moving: per-read timeouts alone let a server that sends a
@@ -475,6 +475,10 @@ impl RangeReader for FtpsReader {
 
     fn close(self: Box<Self>) {
         drop(self);
+    }
+
+    fn path(&self) -> Option<PathSignal> {
+        self.stream.as_ref().and_then(|s| path_signal(s.sock.socket()))
     }
 }
 

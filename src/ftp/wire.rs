@@ -226,6 +226,34 @@ pub(crate) fn bytes_received(sock: &TcpStream) -> Option<u64> {
     (rc == 0).then_some(info.tcpi_bytes_received)
 }
 
+/// The receiving end's view of the path (see `PathSignal`). `None` before any round trip was
+/// measured.
+pub(crate) fn path_signal(sock: &TcpStream) -> Option<crate::remote::PathSignal> {
+    // SAFETY: as in `bytes_received`.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid socket, buffer and length for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // Older kernels fill less of the struct; without the out-of-order count there is no signal.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_rcv_ooopack) + std::mem::size_of::<u32>();
+    if rc != 0 || (len as usize) < needed || info.tcpi_min_rtt == 0 || info.tcpi_rcv_rtt == 0 {
+        return None;
+    }
+    Some(crate::remote::PathSignal {
+        min_rtt: Duration::from_micros(info.tcpi_min_rtt.into()),
+        rtt: Duration::from_micros(info.tcpi_rcv_rtt.into()),
+        reordered: info.tcpi_rcv_ooopack.into(),
+    })
+}
+
 fn millis(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1)
 }

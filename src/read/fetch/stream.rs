@@ -24,7 +24,7 @@ use crate::stats::Stats;
 
 /// Bytes a sequential reader reads before all of its stripes fetch at full speed, and how
 /// far ahead of it they may fetch until then.
-const FULL_SPEED_AFTER: u64 = 8 << 20;
+pub(super) const FULL_SPEED_AFTER: u64 = 8 << 20;
 const RAMP_AHEAD: u64 = 8 << 20;
 /// Bounds of a peek's linger.
 const LINGER_MIN: Duration = Duration::from_millis(10);
@@ -76,6 +76,9 @@ pub(super) struct StreamState {
     pub(super) stop: Option<Stop>,
     /// Latency from `open` to the first byte: a round trip or two, the linger's measure.
     first_byte: Option<Duration>,
+    /// A transfer was opened (or is being opened) for it; a stripe another one may take over
+    /// has not.
+    pub(super) opened: bool,
 }
 
 impl StreamState {
@@ -105,7 +108,15 @@ impl Stream {
             file: Arc::clone(file),
             kind,
             start,
-            st: Mutex::new(StreamState { pos: start, end, phase: Phase::Queued, run, stop: None, first_byte: None }),
+            st: Mutex::new(StreamState {
+                pos: start,
+                end,
+                phase: Phase::Queued,
+                run,
+                stop: None,
+                first_byte: None,
+                opened: false,
+            }),
             changed: Condvar::new(),
             waiters: AtomicUsize::new(0),
             ended: AtomicBool::new(false),
@@ -160,6 +171,7 @@ impl Fetcher {
         let mut failures = 0u32;
         let mut last_progress = Instant::now();
         let mut lingered = false;
+        let mut opened = false;
         let mut current: Option<(u64, Arc<Block>)> = None;
         let mut scratch: Vec<u8> = Vec::new();
         let outcome = loop {
@@ -177,6 +189,14 @@ impl Fetcher {
                         continue;
                     }
                     lingered = true;
+                }
+                if s.kind == Kind::Stripe
+                    && pos < size
+                    && reader.is_some()
+                    && run.as_ref().is_some_and(|r| r.narrow())
+                    && self.take_over_next(s, pos)
+                {
+                    continue;
                 }
                 // Ended under the lock, so `ensure` cannot extend a stream that is closing.
                 let mut t = s.st.lock();
@@ -196,7 +216,9 @@ impl Fetcher {
                     s.request_stop(&mut t, Stop::Unwanted);
                     continue;
                 }
-                if pos >= run.reader_pos.load(Ordering::Relaxed).saturating_add(self.allowance(run)) {
+                if pos >= run.reader_pos.load(Ordering::Relaxed).saturating_add(self.allowance(run))
+                    || (reader.is_none() && !opened && self.held_back(s, run))
+                {
                     run.wait_for_reader(Duration::from_millis(50));
                     continue;
                 }
@@ -207,6 +229,12 @@ impl Fetcher {
                     Kind::Stripe => Intent::Run { end },
                 };
                 opened_at = Instant::now();
+                // Marked before `open` returns (a few round trips), so that stripes held back
+                // behind this one see it from the start.
+                if !opened {
+                    opened = true;
+                    s.st.lock().opened = true;
+                }
                 match self.remote.open(&file.id.path, pos, file.version, intent) {
                     Ok(r) if r.position() == pos => {
                         log::debug!("{:?} of {} opened at {pos} to {end}", s.kind, file.id.path);
@@ -284,6 +312,14 @@ impl Fetcher {
                     last_progress = Instant::now();
                     if probing {
                         probing = index == 0 && self.probe_fits(file, &block);
+                    }
+                    // Until the run's width is decided, what this transfer sees of the path
+                    // counts (`Run::narrow`).
+                    if let (Some(run), Some(r)) = (&run, reader.as_ref())
+                        && run.deciding()
+                        && let Some(signal) = r.path()
+                    {
+                        run.observe(signal);
                     }
                 }
                 Err(e) => {
