@@ -27,7 +27,8 @@
 //! is simply finished; one stopped before its planned end (file closed, reader idle for
 //! `IDLE_STOP`, reader gone elsewhere, preempted by a waiting reader, unmount) is *cancelled*
 //! (`cancelled`). A stream never reads past its planned end, so what the server sent past it
-//! is only what the transport had in flight when it closed.
+//! is only what the transport had in flight when it closed (the FTPS transport narrows its
+//! TCP window near a run's end to keep that to about a TLS record).
 //!
 //! Single-flight: every live stream of a file is registered here; a read first looks for a
 //! stream that will bring its bytes soon (`ensure`), and waits on the blocks instead of
