@@ -38,6 +38,8 @@ pub struct Transfer {
     pub closed_early_at: Option<u64>,
     /// The transfer broke (injected fault) and the reader saw an error.
     pub broke: bool,
+    /// The last planned end the reader was told of after opening (`RangeReader::plan_end`).
+    pub told_end: Option<u64>,
 }
 
 /// Faults and latency applied to every transfer; tests change them at any time.
@@ -277,6 +279,7 @@ impl Remote for FakeRemote {
             opened: Instant::now(),
             broke: false,
             ended: false,
+            told_end: None,
         }))
     }
 
@@ -360,6 +363,7 @@ struct FakeReader {
     opened: Instant,
     broke: bool,
     ended: bool,
+    told_end: Option<u64>,
 }
 
 impl FakeReader {
@@ -378,6 +382,7 @@ impl FakeReader {
             delivered: self.pos - self.offset,
             closed_early_at,
             broke: self.broke,
+            told_end: self.told_end,
         });
     }
 }
@@ -415,6 +420,10 @@ impl RangeReader for FakeReader {
 
     fn position(&self) -> u64 {
         self.pos
+    }
+
+    fn plan_end(&mut self, end: u64) {
+        self.told_end = Some(end);
     }
 
     fn close(mut self: Box<Self>) {

@@ -457,7 +457,8 @@ impl FtpsReader {
     /// before it, to abort; after a failure, to be dropped.
     fn finish(&mut self) {
         let Some(stream) = self.stream.take() else { return };
-        if let Some(end) = self.planned_end.filter(|&end| self.position == end) {
+        if let Some(end) = self.planned_end.filter(|&end| self.position == end && log::log_enabled!(log::Level::Debug))
+        {
             // What the narrowing left to waste, for `-vv` logs.
             let sock = stream.sock.socket();
             let queued = received_unread(sock).unwrap_or(0) + stream.sock.buffered();
@@ -536,6 +537,20 @@ impl RangeReader for FtpsReader {
 
     fn position(&self) -> u64 {
         self.position
+    }
+
+    fn plan_end(&mut self, end: u64) {
+        self.planned_end = (end < self.size).then_some(end);
+    }
+
+    fn reach(&self) -> Option<u64> {
+        let sock = self.stream.as_ref()?.sock.socket();
+        let queued = received_unread(sock).ok()? as u64;
+        let window = u64::from(tcp_info(sock)?.tcpi_rcv_wnd);
+        let buffered = self.stream.as_ref().map_or(0, |s| s.sock.buffered()) as u64;
+        // TLS bytes count as file bytes (more than they hold), and the record rustls is
+        // assembling may hold one more.
+        Some(self.position + queued + buffered + window + RECORD as u64)
     }
 
     fn close(self: Box<Self>) {
