@@ -546,7 +546,12 @@ impl RangeReader for FtpsReader {
     fn reach(&self) -> Option<u64> {
         let sock = self.stream.as_ref()?.sock.socket();
         let queued = received_unread(sock).ok()? as u64;
-        let window = u64::from(tcp_info(sock)?.tcpi_rcv_wnd);
+        // 0 from a kernel too old to report the window, or a closed one that may reopen:
+        // count the largest window there can be.
+        let window = match u64::from(tcp_info(sock)?.tcpi_rcv_wnd) {
+            0 => max_receive_buffer(),
+            w => w,
+        };
         let buffered = self.stream.as_ref().map_or(0, |s| s.sock.buffered()) as u64;
         // TLS bytes count as file bytes (more than they hold), and the record rustls is
         // assembling may hold one more.
