@@ -38,6 +38,8 @@ pub struct Transfer {
     pub closed_early_at: Option<u64>,
     /// The transfer broke (injected fault) and the reader saw an error.
     pub broke: bool,
+    /// The last planned end the reader was told of after opening (`RangeReader::plan_end`).
+    pub told_end: Option<u64>,
 }
 
 /// Faults and latency applied to every transfer; tests change them at any time.
@@ -280,6 +282,7 @@ impl Remote for FakeRemote {
             opened: Instant::now(),
             broke: false,
             ended: false,
+            told_end: None,
         }))
     }
 
@@ -363,6 +366,7 @@ struct FakeReader {
     opened: Instant,
     broke: bool,
     ended: bool,
+    told_end: Option<u64>,
 }
 
 impl FakeReader {
@@ -381,6 +385,7 @@ impl FakeReader {
             delivered: self.pos - self.offset,
             closed_early_at,
             broke: self.broke,
+            told_end: self.told_end,
         });
     }
 }
@@ -426,6 +431,10 @@ impl RangeReader for FakeReader {
             rtt: Duration::from_millis(40),
             reordered: 3,
         })
+    }
+
+    fn plan_end(&mut self, end: u64) {
+        self.told_end = Some(end);
     }
 
     fn close(mut self: Box<Self>) {

@@ -85,6 +85,17 @@ pub trait RangeReader: Send {
     /// Offset in the file of the next byte `read` returns.
     fn position(&self) -> u64;
 
+    /// A run's planned end moved to `end` (another connection took over what lies past it):
+    /// the transport may stop asking the server for bytes past it.
+    fn plan_end(&mut self, _end: u64) {}
+
+    /// How far into the file the server may already have sent (what is queued here and what
+    /// the transport's window lets it send), when the transport knows: bytes past it are not
+    /// yet on the way, so a run cut there wastes nothing.
+    fn reach(&self) -> Option<u64> {
+        None
+    }
+
     /// Ends the transfer. Before the end of the file this is an early close: the connection
     /// returns to the pool only once it is proven to be in step with the server.
     fn close(self: Box<Self>);

@@ -27,7 +27,10 @@ use super::login::remaining;
 use super::pool::Lease;
 use super::tls::TlsWire;
 use super::watchdog;
-use super::wire::{bytes_received, limit_receive_buffer, path_signal, reset_on_close};
+use super::wire::{
+    bytes_received, clamp_window, limit_receive_buffer, max_receive_buffer, path_signal, received_unread,
+    reset_on_close, tcp_info,
+};
 use crate::error::RemoteError;
 use crate::listing::parse_mlsd_line;
 use crate::remote::{Intent, PathSignal, RangeReader, Version};
@@ -42,6 +45,12 @@ const RECORD: usize = 16 * 1024;
 /// A `Run` this short gets a receive buffer sized for it, like a `Peek`; longer runs keep the
 /// kernel's auto-tuning (see `size_window`).
 const SHORT_RUN: u64 = 4 << 20;
+/// Most bytes a TLS record adds to its payload with the suites rustls offers: header (5),
+/// explicit nonce (8, TLS 1.2 GCM) and tag (16); TLS 1.3 adds 22.
+const RECORD_OVERHEAD: u64 = 29;
+/// Near a run's planned end, the window is narrowed again after at most this many bytes:
+/// between two narrowings the window's edge moves forward with what arrives.
+const NARROW_EVERY: u64 = 32 * 1024;
 
 /// How a RETR's file version is checked on servers that do not state the size in `150`.
 #[derive(Clone, Copy)]
@@ -196,12 +205,18 @@ pub(crate) fn open(
         .map_err(|e| timed_out(e, &data_deadline))
         .inspect_err(|_| conn.control.set_broken())?;
     drop(data_deadline);
+    let planned_end = match intent {
+        Intent::Run { end } if end < version.size => Some(end),
+        _ => None,
+    };
     Ok(FtpsReader {
         lease,
         stream: Some(stream),
         start: offset,
         position: offset,
         size: version.size,
+        planned_end,
+        narrowed_at: None,
         progress: Progress::new(timeout),
         failed: false,
         ended: false,
@@ -212,11 +227,10 @@ pub(crate) fn open(
 /// Sizes the data connection's receive buffer, before anything is in flight, for what the
 /// reader intends. A `Peek` (or a short `Run`) wants a few records: a small buffer keeps the
 /// server from sending much it will throw away. A long `Run` keeps the kernel's
-/// auto-tuning, which a bulk transfer over a long link needs; at its end about one TCP window
-/// is wasted. Narrowing the window as a run nears its end would not help much: TCP never
-/// takes back a window it advertised, and shrinking the buffer under data already in flight
-/// makes the kernel drop some of it, which costs a retransmission timeout on the bytes the
-/// reader still wants.
+/// auto-tuning, which a bulk transfer over a long link needs, and is narrowed near its planned
+/// end by a window clamp instead (`FtpsReader::narrow_window`): shrinking the buffer under data
+/// already in flight makes the kernel drop some of it, which costs a retransmission timeout
+/// on the bytes the reader still wants.
 fn size_window(sock: &TcpStream, offset: u64, intent: Intent) {
     let wanted = match intent {
         Intent::Peek { len } => len,
@@ -383,6 +397,10 @@ pub(crate) struct FtpsReader {
     start: u64,
     position: u64,
     size: u64,
+    /// A run's end before the end of the file, where the reader will close the transfer.
+    planned_end: Option<u64>,
+    /// Where the window was last narrowed towards `planned_end`.
+    narrowed_at: Option<u64>,
     progress: Progress,
     failed: bool,
     /// The server ended the data stream itself.
@@ -400,10 +418,58 @@ impl FtpsReader {
         e
     }
 
+    /// Narrows the TCP window as a run nears its planned end, so that the server sends the
+    /// TLS record holding the run's last byte and nothing past it: whatever it sends past
+    /// the end crosses the link only to be thrown away when the transfer is closed there. At a
+    /// high rate with a reader that lags, that was most of a receive buffer (several MiB) per
+    /// stripe end. The window keeps room for every byte still wanted, so the sender is never
+    /// held back by it; TLS framing is counted at its most (see `RECORD_OVERHEAD`) and what
+    /// rustls holds is not counted, so the window errs on the large side.
+    fn narrow_window(&mut self) {
+        let (Some(end), Some(stream)) = (self.planned_end, self.stream.as_ref()) else { return };
+        let left = end.saturating_sub(self.position);
+        // Farther from the end than any window reaches, there is nothing to narrow.
+        if left == 0 || left > max_receive_buffer() + (1 << 20) {
+            return;
+        }
+        if self.narrowed_at.is_some_and(|at| self.position < at + NARROW_EVERY && left > NARROW_EVERY) {
+            return;
+        }
+        let sock = stream.sock.socket();
+        let Ok(unread) = received_unread(sock) else { return };
+        let queued = (unread + stream.sock.buffered()) as u64;
+        let plain_queued = queued.saturating_sub((queued / RECORD as u64 + 1) * RECORD_OVERHEAD);
+        let needed = left.saturating_sub(plain_queued);
+        // Whole records: the one holding the last wanted byte must arrive complete.
+        let window = needed + (needed / RECORD as u64 + 2) * RECORD_OVERHEAD + RECORD as u64;
+        if self.narrowed_at.is_none() {
+            log::debug!("narrowing the window {left} bytes before a run's end at {end}: {window} bytes");
+        }
+        log::trace!("window {window} at {} ({left} left, {queued} queued)", self.position);
+        if let Err(e) = clamp_window(sock, usize::try_from(window).unwrap_or(usize::MAX)) {
+            log::debug!("cannot clamp the window: {e}");
+            self.planned_end = None;
+            return;
+        }
+        self.narrowed_at = Some(self.position);
+    }
+
     /// Hands the connection back: after the whole file, to finish the transfer normally;
     /// before it, to abort; after a failure, to be dropped.
     fn finish(&mut self) {
         let Some(stream) = self.stream.take() else { return };
+        if let Some(end) = self.planned_end.filter(|&end| self.position == end && log::log_enabled!(log::Level::Debug))
+        {
+            // What the narrowing left to waste, for `-vv` logs.
+            let sock = stream.sock.socket();
+            let queued = received_unread(sock).unwrap_or(0) + stream.sock.buffered();
+            // Packets out of order mean a loss on the way or a drop here: none are expected.
+            let (window, disorder) = tcp_info(sock).map_or((0, 0), |i| (i.tcpi_rcv_wnd, i.tcpi_rcv_ooopack));
+            log::debug!(
+                "run closed at its planned end {end}: {queued} bytes queued, window {window}, \
+                 {disorder} packets out of order"
+            );
+        }
         count_link_bytes(&stream, &self.stats);
         let Ok(conn) = self.lease.conn() else { return };
         if self.failed {
@@ -463,6 +529,7 @@ impl RangeReader for FtpsReader {
                 self.position += n as u64;
                 Stats::add(&self.stats.net_bytes, n as u64);
                 self.progress.moved(n).map_err(|e| self.fail(e))?;
+                self.narrow_window();
                 Ok(n)
             }
             Err(e) => Err(self.fail(io_error(e, "data connection"))),
@@ -471,6 +538,38 @@ impl RangeReader for FtpsReader {
 
     fn position(&self) -> u64 {
         self.position
+    }
+
+    fn plan_end(&mut self, end: u64) {
+        let before = self.planned_end;
+        self.planned_end = (end < self.size).then_some(end);
+        // A run that takes over the range past its end (a narrow run) must not keep a window
+        // narrowed for the old end: the kernel sends no window update until more bytes are
+        // read, so the server would wait, unable to send, for its persist timer.
+        if self.narrowed_at.is_some() && before.is_some_and(|b| self.planned_end.is_none_or(|e| e > b)) {
+            self.narrowed_at = None;
+            if let Some(stream) = self.stream.as_ref()
+                && let Err(e) =
+                    clamp_window(stream.sock.socket(), usize::try_from(max_receive_buffer()).unwrap_or(usize::MAX))
+            {
+                log::debug!("cannot widen the window again: {e}");
+            }
+        }
+    }
+
+    fn reach(&self) -> Option<u64> {
+        let sock = self.stream.as_ref()?.sock.socket();
+        let queued = received_unread(sock).ok()? as u64;
+        // 0 from a kernel too old to report the window, or a closed one that may reopen:
+        // count the largest window there can be.
+        let window = match u64::from(tcp_info(sock)?.tcpi_rcv_wnd) {
+            0 => max_receive_buffer(),
+            w => w,
+        };
+        let buffered = self.stream.as_ref().map_or(0, |s| s.sock.buffered()) as u64;
+        // TLS bytes count as file bytes (more than they hold), and the record rustls is
+        // assembling may hold one more.
+        Some(self.position + queued + buffered + window + RECORD as u64)
     }
 
     fn close(self: Box<Self>) {

@@ -1,5 +1,5 @@
 //! Sockets as the FTP layer uses them: counted round trips, large reads, connects that do not
-//! block, receive-buffer sizing, liveness probes.
+//! block, receive-buffer sizing and window clamping, liveness probes.
 //!
 //! A round trip is counted each time the client has sent something (a command, a TLS flight,
 //! a TCP SYN) and then reads from the network again: whatever it reads next was caused by
@@ -96,6 +96,11 @@ impl Wire {
 
     pub(crate) fn socket(&self) -> &TcpStream {
         &self.sock
+    }
+
+    /// Bytes read from the socket that no caller has taken yet.
+    pub(crate) fn buffered(&self) -> usize {
+        self.end - self.start
     }
 }
 
@@ -201,15 +206,53 @@ pub(crate) fn limit_receive_buffer(sock: &TcpStream, bytes: usize) -> io::Result
     socket2::SockRef::from(sock).set_recv_buffer_size(bytes)
 }
 
+/// Bounds the TCP window the socket advertises from now on to about `bytes` past what it has
+/// received. Unlike a smaller receive buffer this drops nothing: Linux never moves the right
+/// edge of an advertised window back, it only stops moving it forward. The kernel's buffer
+/// auto-tuning raises the bound again as the buffer grows, so callers set it after each read.
+pub(crate) fn clamp_window(sock: &TcpStream, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: valid socket, and a c_int option value that lives for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_WINDOW_CLAMP,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Bytes the kernel has received in order on this socket that nobody has read yet.
+pub(crate) fn received_unread(sock: &TcpStream) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int for a valid socket.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 { Ok(usize::try_from(n).unwrap_or(0)) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The largest receive buffer the kernel's auto-tuning gives a socket (`tcp_rmem`'s maximum):
+/// no advertised window reaches further than this past the bytes the reader has taken.
+pub(crate) fn max_receive_buffer() -> u64 {
+    static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+            .unwrap_or(64 << 20)
+    })
+}
+
 /// Makes `close` reset the connection at once (RST) instead of a graceful FIN: the server's
 /// next write fails straight away, so it stops sending and reports the end sooner.
 pub(crate) fn reset_on_close(sock: &TcpStream) {
     let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
-/// Bytes the kernel has received on this connection (TCP payload, TLS records included):
-/// what crossed the link, as opposed to what the reader consumed.
-pub(crate) fn bytes_received(sock: &TcpStream) -> Option<u64> {
+/// The kernel's view of a TCP connection (`TCP_INFO`).
+pub(crate) fn tcp_info(sock: &TcpStream) -> Option<libc::tcp_info> {
     // SAFETY: tcp_info is plain old data; the kernel fills at most `len` bytes of it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -223,7 +266,13 @@ pub(crate) fn bytes_received(sock: &TcpStream) -> Option<u64> {
             &mut len,
         )
     };
-    (rc == 0).then_some(info.tcpi_bytes_received)
+    (rc == 0).then_some(info)
+}
+
+/// Bytes the kernel has received on this connection (TCP payload, TLS records included):
+/// what crossed the link, as opposed to what the reader consumed.
+pub(crate) fn bytes_received(sock: &TcpStream) -> Option<u64> {
+    tcp_info(sock).map(|info| info.tcpi_bytes_received)
 }
 
 /// The receiving end's view of the path (see `PathSignal`). `None` before any round trip was

@@ -183,7 +183,11 @@ fn a_sequential_read_switches_to_stripes_fetches_every_byte_once_and_ends_only_a
             assert!(t.iter().any(|y| y.offset == at), "closed at {at}, where no stripe starts: {t:?}");
         }
         if let Intent::Run { end } = x.intent {
-            assert_eq!(x.offset + x.delivered, end, "a stripe runs to its end: {x:?}");
+            let stop = x.offset + x.delivered;
+            assert!(
+                stop == end || t.iter().any(|y| y.offset == stop),
+                "a stripe runs to its end, or to where another connection took over its far half: {x:?}"
+            );
         }
     }
     assert_eq!(t.iter().filter(|x| x.closed_early_at.is_none()).count(), 1, "one transfer ends at EOF");
@@ -671,6 +675,41 @@ fn a_reader_that_turns_sequential_gets_every_connection_logged_in_before_its_str
     assert!(remote.transfers().len() <= 4, "{:?}", remote.transfers());
     rp.release(&f);
     until_quiet(&remote);
+}
+
+#[test]
+fn a_connection_whose_stripe_ended_takes_over_the_far_half_of_the_stripe_that_ends_last() {
+    let size = 48 * MIB;
+    let data = pattern(size as usize, 23);
+    let remote = FakeRemote::with_file("/tail", data.clone());
+    remote.set_parallelism(4);
+    // The first stripe starts about a second before the others (they wait until the reader
+    // has read `FULL_SPEED_AFTER`), so it ends that much sooner: the tail.
+    remote.faults().rate.store(8 * MIB, Ordering::SeqCst);
+    remote.faults().open_delay_us.store(5_000, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = BlockCache::open(dir.path(), 4 << 30).expect("cache");
+    let (rp, stats) = read_path(&remote, Some(disk), config());
+    let f = rp.open(id(&remote, "/tail"));
+    assert!(read_all(&rp, &f, size) == data, "bytes differ");
+    rp.release(&f);
+    until_quiet(&remote);
+    let mut t = remote.transfers();
+    t.sort_by_key(|x| x.offset);
+    assert_eq!(remote.bytes(), size, "every byte once: {t:?}");
+    let shortened: Vec<&Transfer> =
+        t.iter().filter(|x| matches!(x.intent, Intent::Run { end } if x.offset + x.delivered < end)).collect();
+    assert!(!shortened.is_empty(), "a stripe handed its far half to a free connection: {t:?}");
+    for x in shortened {
+        let stop = x.offset + x.delivered;
+        assert_eq!(x.closed_early_at, Some(stop), "{x:?}");
+        assert_eq!(x.told_end, Some(stop), "the transport learnt the stripe's new end: {x:?}");
+        assert!(t.iter().any(|y| y.offset == stop && matches!(y.intent, Intent::Run { .. })), "{t:?}");
+    }
+    // Still: every transfer ends where the next begins, and only the last one reaches EOF.
+    assert_eq!(stat(&stats.cancelled), 0);
+    assert_eq!(stat(&stats.planned_ends), t.len() as u64 - 1, "{t:?}");
+    assert_eq!(t.iter().filter(|x| x.closed_early_at.is_none()).count(), 1, "{t:?}");
 }
 
 /// A two-HDU FITS file: a one-record primary header over `data_len` bytes of 8-bit data,

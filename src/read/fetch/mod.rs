@@ -31,12 +31,22 @@
 //! opens, as above. On the packet-level link at 200 Mbit/s, 20 ms, one-BDP queue, a 100 MiB
 //! copy took 4.67 s instead of 5.04–5.11 s, with 850 packets dropped instead of about 7,000.
 //!
+//! The tail: stripes of equal size do not end together (their connections do not get equal
+//! shares of the link), and a connection whose stripe ended would idle while the last ones
+//! finish. When a fetch thread's stream ends and nothing is queued, it takes over the far half
+//! of the running stripe that will end last (`steal`), if that stripe still needs several
+//! reopens' worth of time at its own rate: the stripe's planned end moves to where the new
+//! one begins, on a block boundary and not before what the server may already be sending it
+//! (`RangeReader::reach`), so every transfer still ends at its planned end (one more planned
+//! end, whose transport is told of it: `plan_end`) and the last one at the end of the file.
+//!
 //! How a stripe's end is counted: a stream that stops exactly at its planned `end` before the
 //! end of the file is a *planned end* (`planned_ends`); one that reaches the end of the file
 //! is simply finished; one stopped before its planned end (file closed, reader idle for
 //! `IDLE_STOP`, reader gone elsewhere, preempted by a waiting reader, unmount) is *cancelled*
 //! (`cancelled`). A stream never reads past its planned end, so what the server sent past it
-//! is only what the transport had in flight when it closed.
+//! is only what the transport had in flight when it closed (the FTPS transport narrows its
+//! TCP window near a run's end to keep that to about a TLS record).
 //!
 //! Single-flight: every live stream of a file is registered here; a read first looks for a
 //! stream that will bring its bytes soon (`ensure`), and waits on the blocks instead of
@@ -60,10 +70,11 @@
 //!
 //! Threads: FUSE threads call `ensure`, `plan` and `stop_run`; a fetch thread calls
 //! `prefetch` (never holding a lock), and `held_back` and `take_over_next` holding none of
-//! its own (they take `Fetcher::state`, then one `Stream::st` at a time); each running stream has a fetch
-//! thread (`mastfs-fetch`), which takes the next queued stream when its own ends and exits
+//! its own (they take `Fetcher::state`, then one `Stream::st` at a time); each running stream
+//! has a fetch thread (`mastfs-fetch`), which takes the next queued stream when its own ends
+//! (or, with none queued, the far half of another: `steal`, under `Fetcher::state`) and exits
 //! when there is none. Lock order: `Fetcher::state`, then a `Stream::st`, then `Memory`'s map,
-//! then a block's lock; `Run::progress` is taken alone. `Remote::ready` and `Remote::prepare`
+//! then a block's lock; `Run::progress` is taken alone; `Run::seen` is a leaf, taken last. `Remote::ready` and `Remote::prepare`
 //! (the connection pool's lock, a leaf; `prepare` only starts logins) are called under
 //! `Fetcher::state`. Waiters on blocks read a stream's
 //! `ended` flag, never its lock.
@@ -100,6 +111,11 @@ const NEAR_OWN_READER: u64 = 64 << 20;
 const EXTEND_GAP: u64 = 1 << 20;
 /// Remaining ranges are not split into stripes smaller than this.
 const MIN_STRIPE: u64 = 2 << 20;
+/// A connection whose stripe ended takes over the far half of a running stripe only if that
+/// stripe, at its own rate, still needs this many times its first-byte latency (a reopen costs
+/// a few round trips, then the new data connection starts slowly) and at least `STEAL_FLOOR`.
+const STEAL_AFTER_FIRST_BYTES: u32 = 8;
+const STEAL_FLOOR: Duration = Duration::from_millis(50);
 /// How much of a FITS file's next header is fetched ahead: what Python's buffered reader
 /// (`st_blksize` bytes) makes the kernel ask for at an offset that is not page-aligned, so the
 /// reader's request finds all of its bytes in one prefetch and opens no transfer of its own.
@@ -798,7 +814,9 @@ impl Fetcher {
             let next = if st.running <= limit && !self.stopping.load(Ordering::SeqCst) {
                 // This thread's connection is coming back to the pool: a deferred prefetch
                 // gets it before the thread exits.
-                pick(&mut st.queue).or_else(|| (!st.deferred.is_empty()).then(|| st.deferred.remove(0)))
+                pick(&mut st.queue)
+                    .or_else(|| (!st.deferred.is_empty()).then(|| st.deferred.remove(0)))
+                    .or_else(|| self.steal(&mut st))
             } else {
                 None
             };
@@ -815,6 +833,67 @@ impl Fetcher {
                 }
             }
         }
+    }
+
+    /// The tail of a wide run: a connection with nothing queued takes over the far half of the
+    /// running stripe that will end last, if that is worth a reopen. The stripe's end moves to
+    /// where the new one begins (on a block boundary past the block it is filling), so it
+    /// still ends at its planned end and no byte is fetched twice; the one early close this
+    /// adds costs what the server had in flight. Returns the new stripe, already registered.
+    fn steal(&self, st: &mut SchedState) -> Option<Arc<Stream>> {
+        let now = Instant::now();
+        let mut best: Option<(Duration, Arc<Stream>)> = None;
+        for s in st.files.values().flatten() {
+            if s.kind != Kind::Stripe {
+                continue;
+            }
+            let t = s.st.lock();
+            // Only in a wide run: a narrow one is one transfer by design (`Run::narrow`).
+            if !matches!(t.phase, Phase::Running)
+                || t.stop.is_some()
+                || t.run.as_ref().is_none_or(|r| r.is_over() || r.narrow() || r.deciding())
+            {
+                continue;
+            }
+            let (Some(first_byte), Some((since, from))) = (t.first_byte, t.flowing_since) else { continue };
+            let (done, left) = (t.pos.saturating_sub(from), t.end.saturating_sub(t.pos));
+            if done == 0 || left < 2 * MIN_STRIPE {
+                continue;
+            }
+            let needs = now.duration_since(since).mul_f64(left as f64 / done as f64);
+            if needs < (first_byte * STEAL_AFTER_FIRST_BYTES).max(STEAL_FLOOR) {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(b, _)| needs > *b) {
+                best = Some((needs, Arc::clone(s)));
+            }
+        }
+        let (_, victim) = best?;
+        let mut t = victim.st.lock();
+        // Past the block the stripe is filling: it never reads beyond a block's end at once.
+        let next_block = (t.pos / BLOCK_SIZE + 1) * BLOCK_SIZE;
+        let middle = (t.pos + (t.end - t.pos) / 2).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        // Not before what the server may already be sending it: those bytes would cross the
+        // link twice.
+        let split = middle.max(next_block).max(t.reach.div_ceil(BLOCK_SIZE) * BLOCK_SIZE);
+        // Past where its reader lets stripes fetch (no disk cache), the new one would only wait.
+        let allowed =
+            t.run.as_ref().map_or(0, |r| r.reader_pos.load(Ordering::Relaxed).saturating_add(self.allowance(r)));
+        if split + MIN_STRIPE > t.end || split >= allowed {
+            return None;
+        }
+        let end = t.end;
+        victim.set_end(&mut t, split);
+        victim.changed.notify_all();
+        let s = Stream::new(&victim.file, Kind::Stripe, split, end, t.run.clone());
+        log::debug!(
+            "{}: the stripe at {} now ends at {split}; another connection takes {split}..{end}",
+            victim.file.id.path,
+            t.pos
+        );
+        drop(t);
+        st.files.entry(s.file.key).or_default().push(Arc::clone(&s));
+        Some(s)
     }
 
     /// Marks a stream ended and wakes every reader waiting on a block it was to fill.

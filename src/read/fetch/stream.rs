@@ -34,6 +34,12 @@ const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Most bytes one skipping read (past bytes someone else has) takes.
 const SKIP_CHUNK: usize = 256 << 10;
+/// A stripe asks its transport how far the server may send (`RangeReader::reach`) once per
+/// this many bytes; its reach moves at most about this much in between.
+const REACH_EVERY: u64 = 1 << 20;
+/// How far before its end a stripe of a narrow run takes over the next one's range
+/// (`Fetcher::take_over_next`).
+const TAKE_OVER_AHEAD: u64 = 8 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -75,7 +81,12 @@ pub(super) struct StreamState {
     pub(super) run: Option<Arc<Run>>,
     pub(super) stop: Option<Stop>,
     /// Latency from `open` to the first byte: a round trip or two, the linger's measure.
-    first_byte: Option<Duration>,
+    pub(super) first_byte: Option<Duration>,
+    /// When the first byte arrived and where: the stream's rate is measured from there.
+    pub(super) flowing_since: Option<(Instant, u64)>,
+    /// How far into the file the server may already be sending this stream's bytes, as the
+    /// transport last said (0 when it cannot say).
+    pub(super) reach: u64,
     /// A transfer was opened (or is being opened) for it; a stripe another one may take over
     /// has not.
     pub(super) opened: bool,
@@ -116,6 +127,8 @@ impl Stream {
                 stop: None,
                 first_byte: None,
                 opened: false,
+                flowing_since: None,
+                reach: 0,
             }),
             changed: Condvar::new(),
             waiters: AtomicUsize::new(0),
@@ -168,6 +181,9 @@ impl Fetcher {
         let mut reader: Option<Box<dyn RangeReader>> = None;
         let mut opened_at = Instant::now();
         let mut delivered_since_open = 0u64;
+        // The planned end the open reader was last told of.
+        let mut told_end = 0u64;
+        let mut reach_asked_at = 0u64;
         let mut failures = 0u32;
         let mut last_progress = Instant::now();
         let mut lingered = false;
@@ -190,14 +206,6 @@ impl Fetcher {
                     }
                     lingered = true;
                 }
-                if s.kind == Kind::Stripe
-                    && pos < size
-                    && reader.is_some()
-                    && run.as_ref().is_some_and(|r| r.narrow())
-                    && self.take_over_next(s, pos)
-                {
-                    continue;
-                }
                 // Ended under the lock, so `ensure` cannot extend a stream that is closing.
                 let mut t = s.st.lock();
                 if t.end > t.pos && t.stop.is_none() {
@@ -205,6 +213,17 @@ impl Fetcher {
                 }
                 t.phase = Phase::Ended(Outcome::Done);
                 break Outcome::Done;
+            }
+            // A narrow run's stripe takes over the next range a little before its end, while
+            // the window narrowed towards that end still lets the server send at full rate.
+            if s.kind == Kind::Stripe
+                && end < size
+                && end.saturating_sub(pos) <= TAKE_OVER_AHEAD
+                && reader.is_some()
+                && run.as_ref().is_some_and(|r| r.narrow())
+                && self.take_over_next(s, end)
+            {
+                continue;
             }
             if let Some(run) = &run
                 && s.kind == Kind::Stripe
@@ -240,6 +259,7 @@ impl Fetcher {
                         log::debug!("{:?} of {} opened at {pos} to {end}", s.kind, file.id.path);
                         Stats::add(&self.stats.fetches, 1);
                         delivered_since_open = 0;
+                        told_end = end;
                         reader = Some(r);
                     }
                     Ok(r) => {
@@ -254,6 +274,11 @@ impl Fetcher {
                 }
                 continue;
             };
+            if end != told_end {
+                // Another connection took over the far part of this stripe.
+                r.plan_end(end);
+                told_end = end;
+            }
             let index = pos / BLOCK_SIZE;
             let block = match &current {
                 Some((i, b)) if *i == index => Arc::clone(b),
@@ -302,7 +327,20 @@ impl Fetcher {
                     )));
                 }
                 Ok(n) => {
+                    // Where another connection could take over this stripe without bytes in
+                    // flight to this one (`steal`); asked only every `REACH_EVERY` bytes.
+                    let reach = (s.kind == Kind::Stripe && pos >= reach_asked_at + REACH_EVERY)
+                        .then(|| {
+                            reach_asked_at = pos;
+                            r.reach()
+                        })
+                        .flatten();
                     let mut t = s.st.lock();
+                    let at = t.pos;
+                    t.flowing_since.get_or_insert((Instant::now(), at));
+                    if let Some(reach) = reach {
+                        t.reach = reach + REACH_EVERY;
+                    }
                     t.pos += n as u64;
                     t.first_byte.get_or_insert_with(|| opened_at.elapsed());
                     drop(t);
@@ -380,7 +418,7 @@ impl Fetcher {
     /// (`head`, one table of a FITS file) does not leave every connection fetching the rest
     /// of the file; a copy waits that long for all its stripes. Without a usable disk cache,
     /// only memory holds what stripes fetch: never more than the memory horizon.
-    fn allowance(&self, run: &Run) -> u64 {
+    pub(super) fn allowance(&self, run: &Run) -> u64 {
         let consumed = run.reader_pos.load(Ordering::Relaxed).saturating_sub(run.start);
         let ahead = if consumed < FULL_SPEED_AFTER { RAMP_AHEAD } else { u64::MAX };
         if self.writer.usable() { ahead } else { ahead.min(self.memory_horizon) }
