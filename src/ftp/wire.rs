@@ -253,6 +253,11 @@ pub(crate) fn reset_on_close(sock: &TcpStream) {
 
 /// The kernel's view of a TCP connection (`TCP_INFO`).
 pub(crate) fn tcp_info(sock: &TcpStream) -> Option<libc::tcp_info> {
+    tcp_info_filled(sock).map(|(info, _)| info)
+}
+
+/// `TCP_INFO` and how many of its bytes this kernel filled (older kernels fill less).
+fn tcp_info_filled(sock: &TcpStream) -> Option<(libc::tcp_info, usize)> {
     // SAFETY: tcp_info is plain old data; the kernel fills at most `len` bytes of it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -266,7 +271,7 @@ pub(crate) fn tcp_info(sock: &TcpStream) -> Option<libc::tcp_info> {
             &mut len,
         )
     };
-    (rc == 0).then_some(info)
+    (rc == 0).then_some((info, len as usize))
 }
 
 /// Bytes the kernel has received on this connection (TCP payload, TLS records included):
@@ -278,22 +283,10 @@ pub(crate) fn bytes_received(sock: &TcpStream) -> Option<u64> {
 /// The receiving end's view of the path (see `PathSignal`). `None` before any round trip was
 /// measured.
 pub(crate) fn path_signal(sock: &TcpStream) -> Option<crate::remote::PathSignal> {
-    // SAFETY: as in `bytes_received`.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: valid socket, buffer and length for the duration of the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
+    let (info, len) = tcp_info_filled(sock)?;
     // Older kernels fill less of the struct; without the out-of-order count there is no signal.
     let needed = std::mem::offset_of!(libc::tcp_info, tcpi_rcv_ooopack) + std::mem::size_of::<u32>();
-    if rc != 0 || (len as usize) < needed || info.tcpi_min_rtt == 0 || info.tcpi_rcv_rtt == 0 {
+    if len < needed || info.tcpi_min_rtt == 0 || info.tcpi_rcv_rtt == 0 {
         return None;
     }
     Some(crate::remote::PathSignal {

@@ -23,6 +23,35 @@ fn config() -> ReadConfig {
     ReadConfig { memory_blocks: 64, timeout: Duration::from_secs(5) }
 }
 
+/// A fake remote holding one file of `size` patterned bytes (`seed`) that allows
+/// `connections` transfers at once, and the file's bytes.
+fn one_file(name: &str, size: u64, seed: u64, connections: usize) -> (FakeRemote, Vec<u8>) {
+    let data = pattern(size as usize, seed);
+    let remote = FakeRemote::with_file(name, data.clone());
+    remote.set_parallelism(connections);
+    (remote, data)
+}
+
+/// Copies the whole of `name` through `rp`, checking every byte, waits until no transfer
+/// runs, checks that each byte crossed once, and returns the transfers in file order.
+fn copy_whole(rp: &ReadPath, remote: &FakeRemote, name: &str, data: &[u8]) -> Vec<Transfer> {
+    let f = rp.open(id(remote, name));
+    assert!(read_all(rp, &f, data.len() as u64) == data, "bytes differ");
+    rp.release(&f);
+    until_quiet(remote);
+    let mut t = remote.transfers();
+    t.sort_by_key(|x| x.offset);
+    assert_eq!(remote.bytes(), data.len() as u64, "every byte once: {t:?}");
+    t
+}
+
+/// A disk cache far larger than any test's file, in a directory that lives as long as the guard.
+fn big_disk_cache() -> (tempfile::TempDir, BlockCache) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = BlockCache::open(dir.path(), 4 << 30).expect("cache");
+    (dir, disk)
+}
+
 /// The identity a listing of `path` gives the file now.
 fn id(remote: &FakeRemote, path: &str) -> FileId {
     let v = remote.version(path).expect("file exists");
@@ -159,17 +188,9 @@ fn the_kernels_first_read_ahead_of_a_file_is_one_transfer() {
 #[test]
 fn a_sequential_read_switches_to_stripes_fetches_every_byte_once_and_ends_only_at_stripe_ends() {
     let size = 40 * MIB + 777;
-    let data = pattern(size as usize, 9);
-    let remote = FakeRemote::with_file("/seq", data.clone());
-    remote.set_parallelism(4);
+    let (remote, data) = one_file("/seq", size, 9, 4);
     let (rp, stats) = read_path(&remote, None, config());
-    let f = rp.open(id(&remote, "/seq"));
-    assert!(read_all(&rp, &f, size) == data, "bytes differ");
-    rp.release(&f);
-    until_quiet(&remote);
-    let mut t = remote.transfers();
-    t.sort_by_key(|x| x.offset);
-    assert_eq!(remote.bytes(), size, "every byte once: {t:?}");
+    let t = copy_whole(&rp, &remote, "/seq", &data);
     assert_eq!(t.len() as u64, stat(&stats.stripes) + stat(&stats.peeks), "{t:?}");
     assert!(stat(&stats.peeks) <= 1, "at most the first read's peek is not part of the run: {t:?}");
     assert!(stat(&stats.stripes) >= 4, "split among the connections: {t:?}");
@@ -200,20 +221,12 @@ fn a_sequential_read_switches_to_stripes_fetches_every_byte_once_and_ends_only_a
 /// more than 64 MiB, so the run's width is decided while the first stripe still runs.
 fn copy_on_a_queueing_path(queueing: bool) -> Vec<Transfer> {
     let size = 128 * MIB + 333;
-    let data = pattern(size as usize, 21);
-    let remote = FakeRemote::with_file("/slow", data.clone());
-    remote.set_parallelism(8);
+    let (remote, data) = one_file("/slow", size, 21, 8);
     remote.faults().queueing.store(queueing, Ordering::SeqCst);
     remote.faults().rate.store(128 * MIB, Ordering::SeqCst);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = BlockCache::open(dir.path(), 4 << 30).expect("cache");
+    let (_dir, disk) = big_disk_cache();
     let (rp, stats) = read_path(&remote, Some(disk), config());
-    let f = rp.open(id(&remote, "/slow"));
-    assert!(read_all(&rp, &f, size) == data, "bytes differ");
-    rp.release(&f);
-    until_quiet(&remote);
-    let t = remote.transfers();
-    assert_eq!(remote.bytes(), size, "every byte once: {t:?}");
+    let t = copy_whole(&rp, &remote, "/slow", &data);
     assert_eq!(stat(&stats.cancelled), 0, "{t:?}");
     t
 }
@@ -423,9 +436,7 @@ fn a_failing_cache_disk_degrades_to_uncached_reads() {
 #[test]
 fn memory_stays_bounded_whatever_the_readers_do() {
     let size = 48 * MIB;
-    let data = pattern(size as usize, 13);
-    let remote = FakeRemote::with_file("/m", data.clone());
-    remote.set_parallelism(4);
+    let (remote, data) = one_file("/m", size, 13, 4);
     let blocks = 12;
     let (rp, _) = read_path(&remote, None, ReadConfig { memory_blocks: blocks, ..config() });
     let f = rp.open(id(&remote, "/m"));
@@ -565,9 +576,7 @@ fn reads_across_blocks_and_past_the_end_return_the_right_bytes() {
 #[test]
 fn a_random_reader_is_served_while_stripes_hold_every_connection() {
     let size = 128 * MIB;
-    let data = pattern(size as usize, 15);
-    let remote = FakeRemote::with_file("/big", data.clone());
-    remote.set_parallelism(2);
+    let (remote, data) = one_file("/big", size, 15, 2);
     remote.faults().rate.store(8 * MIB, Ordering::SeqCst);
     let (rp, stats) = read_path(&remote, None, config());
     let seq = rp.open(id(&remote, "/big"));
@@ -626,11 +635,8 @@ fn a_reader_that_pauses_loses_its_stripes_and_gets_new_ones_when_it_reads_on() {
 #[test]
 fn a_reader_that_stops_after_a_few_mib_leaves_the_other_stripes_unopened() {
     let size = 256 * MIB;
-    let data = pattern(size as usize, 17);
-    let remote = FakeRemote::with_file("/big", data.clone());
-    remote.set_parallelism(8);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = BlockCache::open(dir.path(), 4 << 30).expect("cache");
+    let (remote, data) = one_file("/big", size, 17, 8);
+    let (_dir, disk) = big_disk_cache();
     let (rp, stats) = read_path(&remote, Some(disk), config());
     let f = rp.open(id(&remote, "/big"));
     let mut off = 0;
@@ -652,11 +658,8 @@ fn a_reader_that_stops_after_a_few_mib_leaves_the_other_stripes_unopened() {
 #[test]
 fn a_reader_that_turns_sequential_gets_every_connection_logged_in_before_its_stripes_open() {
     let size = 256 * MIB;
-    let data = pattern(size as usize, 19);
-    let remote = FakeRemote::with_file("/big", data.clone());
-    remote.set_parallelism(8);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = BlockCache::open(dir.path(), 4 << 30).expect("cache");
+    let (remote, data) = one_file("/big", size, 19, 8);
+    let (_dir, disk) = big_disk_cache();
     let (rp, _) = read_path(&remote, Some(disk), config());
     let f = rp.open(id(&remote, "/big"));
     // Random reads (a FITS header, then another) log in nothing ahead.
@@ -680,23 +683,14 @@ fn a_reader_that_turns_sequential_gets_every_connection_logged_in_before_its_str
 #[test]
 fn a_connection_whose_stripe_ended_takes_over_the_far_half_of_the_stripe_that_ends_last() {
     let size = 48 * MIB;
-    let data = pattern(size as usize, 23);
-    let remote = FakeRemote::with_file("/tail", data.clone());
-    remote.set_parallelism(4);
+    let (remote, data) = one_file("/tail", size, 23, 4);
     // The first stripe starts about a second before the others (they wait until the reader
     // has read `FULL_SPEED_AFTER`), so it ends that much sooner: the tail.
     remote.faults().rate.store(8 * MIB, Ordering::SeqCst);
     remote.faults().open_delay_us.store(5_000, Ordering::SeqCst);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = BlockCache::open(dir.path(), 4 << 30).expect("cache");
+    let (_dir, disk) = big_disk_cache();
     let (rp, stats) = read_path(&remote, Some(disk), config());
-    let f = rp.open(id(&remote, "/tail"));
-    assert!(read_all(&rp, &f, size) == data, "bytes differ");
-    rp.release(&f);
-    until_quiet(&remote);
-    let mut t = remote.transfers();
-    t.sort_by_key(|x| x.offset);
-    assert_eq!(remote.bytes(), size, "every byte once: {t:?}");
+    let t = copy_whole(&rp, &remote, "/tail", &data);
     let shortened: Vec<&Transfer> =
         t.iter().filter(|x| matches!(x.intent, Intent::Run { end } if x.offset + x.delivered < end)).collect();
     assert!(!shortened.is_empty(), "a stripe handed its far half to a free connection: {t:?}");
