@@ -85,8 +85,10 @@ pub trait RangeReader: Send {
     /// Offset in the file of the next byte `read` returns.
     fn position(&self) -> u64;
 
-    /// A run's planned end moved to `end` (another connection took over what lies past it):
-    /// the transport may stop asking the server for bytes past it.
+    /// A run's planned end moved to `end`: earlier when another connection took over what lies
+    /// past it, later when the run took over the next stripe's range (a narrow run). The
+    /// transport may stop asking the server for bytes past it, and must ask for them again
+    /// when it moves later.
     fn plan_end(&mut self, _end: u64) {}
 
     /// How far into the file the server may already have sent (what is queued here and what

@@ -26,7 +26,7 @@
 //! another stripe of its run transfers. If the transfer of the ramp saw its round trip grow
 //! (`QUEUEING`) and packets arrive out of order, that one stream already fills a bottleneck
 //! queue and overflows it: the run is *narrow*, its other stripes stay unopened, and the
-//! transferring stripe takes over the next one's range each time it reaches its end
+//! transferring stripe takes over the next one's range each time it nears its end
 //! (`take_over_next`), so the copy runs as one transfer, like `curl`. Otherwise every stripe
 //! opens, as above. On the packet-level link at 200 Mbit/s, 20 ms, one-BDP queue, a 100 MiB
 //! copy took 4.67 s instead of 5.04–5.11 s, with 850 packets dropped instead of about 7,000.
@@ -74,10 +74,10 @@
 //! has a fetch thread (`mastfs-fetch`), which takes the next queued stream when its own ends
 //! (or, with none queued, the far half of another: `steal`, under `Fetcher::state`) and exits
 //! when there is none. Lock order: `Fetcher::state`, then a `Stream::st`, then `Memory`'s map,
-//! then a block's lock; `Run::progress` is taken alone; `Run::seen` is a leaf, taken last. `Remote::ready` and `Remote::prepare`
-//! (the connection pool's lock, a leaf; `prepare` only starts logins) are called under
-//! `Fetcher::state`. Waiters on blocks read a stream's
-//! `ended` flag, never its lock.
+//! then a block's lock; `Run::progress` is taken alone; `Run::seen` is a leaf, taken last.
+//! `Remote::ready` and `Remote::prepare` (the connection pool's lock, a leaf; `prepare` only
+//! starts logins) are called under `Fetcher::state`. Waiters on blocks read a stream's `ended`
+//! flag, never its lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -647,9 +647,9 @@ impl Fetcher {
         })
     }
 
-    /// A stripe `s` of a narrow run that reached its planned end `at` takes over the range of
-    /// the unopened stripe of its run starting there: it goes on without a new transfer's
-    /// round trips and slow start. True when its end moved.
+    /// A stripe `s` of a narrow run nearing its planned end `at` takes over the range of the
+    /// unopened stripe of its run starting there: it goes on without a new transfer's round
+    /// trips and slow start. True when its end moved.
     pub(super) fn take_over_next(&self, s: &Arc<Stream>, at: u64) -> bool {
         let mut taken = None;
         {

@@ -275,7 +275,8 @@ impl Fetcher {
                 continue;
             };
             if end != told_end {
-                // Another connection took over the far part of this stripe.
+                // The planned end moved: another connection took the far part of this stripe
+                // (`steal`), or this stripe took over the next one's range (`take_over_next`).
                 r.plan_end(end);
                 told_end = end;
             }
