@@ -367,6 +367,9 @@ fn warm_mount_reads(kind: Kind) {
         // The connection is re-armed once after each read (perhaps already by now).
         wait_for(&mount, "armed", before["armed"] + 1);
     }
+    // A spare is counted when it starts and its login when it completes: on a loaded machine
+    // one may still be logging in here.
+    wait_for(&mount, "logins", counters(&mount)["spares"] + 1);
     let c = counters(&mount);
     // The listing took the only connection: a spare logged in behind it, off the request
     // path (the round trips above are the reads' own). How many more depends on how `ls -l`'s
