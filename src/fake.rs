@@ -65,9 +65,6 @@ pub struct Faults {
     pub stall_lists: AtomicBool,
     /// Every listing takes this long, in milliseconds.
     pub list_delay_ms: AtomicU64,
-    /// Transfers report a path whose queue one transfer fills and overflows (its round trip
-    /// doubled, packets arrived out of order), as on a slow link; otherwise no signal.
-    pub queueing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -423,14 +420,6 @@ impl RangeReader for FakeReader {
 
     fn position(&self) -> u64 {
         self.pos
-    }
-
-    fn path(&self) -> Option<crate::remote::PathSignal> {
-        self.shared.faults.queueing.load(Ordering::SeqCst).then_some(crate::remote::PathSignal {
-            min_rtt: Duration::from_millis(20),
-            rtt: Duration::from_millis(40),
-            reordered: 3,
-        })
     }
 
     fn plan_end(&mut self, end: u64) {

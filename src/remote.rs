@@ -85,10 +85,8 @@ pub trait RangeReader: Send {
     /// Offset in the file of the next byte `read` returns.
     fn position(&self) -> u64;
 
-    /// A run's planned end moved to `end`: earlier when another connection took over what lies
-    /// past it, later when the run took over the next stripe's range (a narrow run). The
-    /// transport may stop asking the server for bytes past it, and must ask for them again
-    /// when it moves later.
+    /// A run's planned end moved to `end` (another connection took over what lies past it):
+    /// the transport may stop asking the server for bytes past it.
     fn plan_end(&mut self, _end: u64) {}
 
     /// How far into the file the server may already have sent (what is queued here and what
@@ -101,24 +99,6 @@ pub trait RangeReader: Send {
     /// Ends the transfer. Before the end of the file this is an early close: the connection
     /// returns to the pool only once it is proven to be in step with the server.
     fn close(self: Box<Self>);
-
-    /// What the transport has seen of the path so far, where it can tell (`None`: it cannot).
-    fn path(&self) -> Option<PathSignal> {
-        None
-    }
-}
-
-/// A data connection's view of the path, from the receiving end: enough to tell whether this
-/// one transfer already fills a bottleneck (its packets queue and the queue overflows), so
-/// that more parallel transfers would only add losses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PathSignal {
-    /// Smallest round trip seen on the connection (its handshake's, on an idle path).
-    pub min_rtt: std::time::Duration,
-    /// Round trip as the receiver measures it now, queueing included.
-    pub rtt: std::time::Duration,
-    /// Packets that arrived out of order: each is a gap, mostly a packet lost and sent again.
-    pub reordered: u64,
 }
 
 /// A remote tree of files, addressed by absolute `/`-separated paths.

@@ -28,12 +28,11 @@ use super::pool::Lease;
 use super::tls::TlsWire;
 use super::watchdog;
 use super::wire::{
-    bytes_received, clamp_window, limit_receive_buffer, max_receive_buffer, path_signal, received_unread,
-    reset_on_close, tcp_info,
+    bytes_received, clamp_window, limit_receive_buffer, max_receive_buffer, received_unread, reset_on_close, tcp_info,
 };
 use crate::error::RemoteError;
 use crate::listing::parse_mlsd_line;
-use crate::remote::{Intent, PathSignal, RangeReader, Version};
+use crate::remote::{Intent, RangeReader, Version};
 use crate::stats::Stats;
 
 /// Data connections must keep moving: per-read timeouts alone let a server that sends a
@@ -541,20 +540,7 @@ impl RangeReader for FtpsReader {
     }
 
     fn plan_end(&mut self, end: u64) {
-        let before = self.planned_end;
         self.planned_end = (end < self.size).then_some(end);
-        // A run that takes over the range past its end (a narrow run) must not keep a window
-        // narrowed for the old end: the kernel sends no window update until more bytes are
-        // read, so the server would wait, unable to send, for its persist timer.
-        if self.narrowed_at.is_some() && before.is_some_and(|b| self.planned_end.is_none_or(|e| e > b)) {
-            self.narrowed_at = None;
-            if let Some(stream) = self.stream.as_ref()
-                && let Err(e) =
-                    clamp_window(stream.sock.socket(), usize::try_from(max_receive_buffer()).unwrap_or(usize::MAX))
-            {
-                log::debug!("cannot widen the window again: {e}");
-            }
-        }
     }
 
     fn reach(&self) -> Option<u64> {
@@ -574,10 +560,6 @@ impl RangeReader for FtpsReader {
 
     fn close(self: Box<Self>) {
         drop(self);
-    }
-
-    fn path(&self) -> Option<PathSignal> {
-        self.stream.as_ref().and_then(|s| path_signal(s.sock.socket()))
     }
 }
 

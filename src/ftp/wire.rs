@@ -253,11 +253,6 @@ pub(crate) fn reset_on_close(sock: &TcpStream) {
 
 /// The kernel's view of a TCP connection (`TCP_INFO`).
 pub(crate) fn tcp_info(sock: &TcpStream) -> Option<libc::tcp_info> {
-    tcp_info_filled(sock).map(|(info, _)| info)
-}
-
-/// `TCP_INFO` and how many of its bytes this kernel filled (older kernels fill less).
-fn tcp_info_filled(sock: &TcpStream) -> Option<(libc::tcp_info, usize)> {
     // SAFETY: tcp_info is plain old data; the kernel fills at most `len` bytes of it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -271,29 +266,13 @@ fn tcp_info_filled(sock: &TcpStream) -> Option<(libc::tcp_info, usize)> {
             &mut len,
         )
     };
-    (rc == 0).then_some((info, len as usize))
+    (rc == 0).then_some(info)
 }
 
 /// Bytes the kernel has received on this connection (TCP payload, TLS records included):
 /// what crossed the link, as opposed to what the reader consumed.
 pub(crate) fn bytes_received(sock: &TcpStream) -> Option<u64> {
     tcp_info(sock).map(|info| info.tcpi_bytes_received)
-}
-
-/// The receiving end's view of the path (see `PathSignal`). `None` before any round trip was
-/// measured.
-pub(crate) fn path_signal(sock: &TcpStream) -> Option<crate::remote::PathSignal> {
-    let (info, len) = tcp_info_filled(sock)?;
-    // Older kernels fill less of the struct; without the out-of-order count there is no signal.
-    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_rcv_ooopack) + std::mem::size_of::<u32>();
-    if len < needed || info.tcpi_min_rtt == 0 || info.tcpi_rcv_rtt == 0 {
-        return None;
-    }
-    Some(crate::remote::PathSignal {
-        min_rtt: Duration::from_micros(info.tcpi_min_rtt.into()),
-        rtt: Duration::from_micros(info.tcpi_rcv_rtt.into()),
-        reordered: info.tcpi_rcv_ooopack.into(),
-    })
 }
 
 fn millis(d: Duration) -> i32 {

@@ -22,15 +22,6 @@
 //!   packet-level link at 80 ms every stripe had its first byte 2.2 s after `cp` began instead
 //!   of 3.5 s, when each logged in as it started.
 //!
-//! A run's **width** is decided when its ramp ends. Until then, a stripe does not open while
-//! another stripe of its run transfers. If the transfer of the ramp saw its round trip grow
-//! (`QUEUEING`) and packets arrive out of order, that one stream already fills a bottleneck
-//! queue and overflows it: the run is *narrow*, its other stripes stay unopened, and the
-//! transferring stripe takes over the next one's range each time it nears its end
-//! (`take_over_next`), so the copy runs as one transfer, like `curl`. Otherwise every stripe
-//! opens, as above. On the packet-level link at 200 Mbit/s, 20 ms, one-BDP queue, a 100 MiB
-//! copy took 4.67 s instead of 5.04–5.11 s, with 850 packets dropped instead of about 7,000.
-//!
 //! The tail: stripes of equal size do not end together (their connections do not get equal
 //! shares of the link), and a connection whose stripe ended would idle while the last ones
 //! finish. When a fetch thread's stream ends and nothing is queued, it takes over the far half
@@ -69,19 +60,17 @@
 //! prefetch, so it is the first stream preempted for a waiting reader and is not retried.
 //!
 //! Threads: FUSE threads call `ensure`, `plan` and `stop_run`; a fetch thread calls
-//! `prefetch` (never holding a lock), and `held_back` and `take_over_next` holding none of
-//! its own (they take `Fetcher::state`, then one `Stream::st` at a time); each running stream
-//! has a fetch thread (`mastfs-fetch`), which takes the next queued stream when its own ends
+//! `prefetch` (never holding a lock); each running stream has a fetch thread (`mastfs-fetch`), which takes the next queued stream when its own ends
 //! (or, with none queued, the far half of another: `steal`, under `Fetcher::state`) and exits
 //! when there is none. Lock order: `Fetcher::state`, then a `Stream::st`, then `Memory`'s map,
-//! then a block's lock; `Run::progress` is taken alone; `Run::seen` is a leaf, taken last.
+//! then a block's lock; `Run::progress` is taken alone.
 //! `Remote::ready` and `Remote::prepare` (the connection pool's lock, a leaf; `prepare` only
 //! starts logins) are called under `Fetcher::state`. Waiters on blocks read a stream's `ended`
 //! flag, never its lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -95,7 +84,7 @@ use super::memory::Memory;
 use super::writer::Writer;
 use super::{BLOCK_SIZE, FileRef, IO_SIZE_HINT};
 use crate::error::RemoteError;
-use crate::remote::{PathSignal, Remote};
+use crate::remote::Remote;
 use crate::stats::Stats;
 use stream::{Kind, Phase, Stop};
 pub(crate) use stream::{Outcome, Stream};
@@ -126,14 +115,6 @@ const PAGE: u64 = 4096;
 const FITS_PROBE_LIMIT: usize = 256 << 10;
 /// A sequential reader that has not read for this long has stopped: its stripes stop.
 pub(crate) const IDLE_STOP: Duration = Duration::from_secs(3);
-/// A transfer whose round trip grew to this many times its smallest while packets went
-/// missing fills a queue on the path by itself (see `Run::narrow`).
-const QUEUEING: f64 = 1.25;
-
-/// How wide a run's stripes go once its reader has read `FULL_SPEED_AFTER` in order.
-const UNDECIDED: u8 = 0;
-const WIDE: u8 = 1;
-const NARROW: u8 = 2;
 /// A sequential reader's run: where it is, and whether it still reads.
 pub(crate) struct Run {
     start: u64,
@@ -143,17 +124,6 @@ pub(crate) struct Run {
     stopped: AtomicBool,
     progress: Condvar,
     progress_lock: Mutex<()>,
-    /// What its transfers saw of the path during the ramp, and the width decided from it.
-    seen: Mutex<Seen>,
-    width: AtomicU8,
-}
-
-/// The worst the run's transfers saw of the path before its width was decided.
-#[derive(Default)]
-struct Seen {
-    /// Largest ratio of a transfer's round trip to its smallest.
-    queueing: f64,
-    reordered: u64,
 }
 
 impl Run {
@@ -166,57 +136,7 @@ impl Run {
             stopped: AtomicBool::new(false),
             progress: Condvar::new(),
             progress_lock: Mutex::new(()),
-            seen: Mutex::new(Seen::default()),
-            width: AtomicU8::new(UNDECIDED),
         })
-    }
-
-    /// Whether the run still looks at what its transfers see of the path.
-    pub(super) fn deciding(&self) -> bool {
-        self.width.load(Ordering::Relaxed) == UNDECIDED
-    }
-
-    /// One transfer's view of the path now.
-    pub(super) fn observe(&self, signal: PathSignal) {
-        let min = signal.min_rtt.as_secs_f64();
-        if min <= 0.0 {
-            return;
-        }
-        let mut seen = self.seen.lock();
-        seen.queueing = seen.queueing.max(signal.rtt.as_secs_f64() / min);
-        seen.reordered = seen.reordered.max(signal.reordered);
-    }
-
-    /// Whether the run's stripes go one at a time, each taking over the next one's range as
-    /// it ends, instead of all at once. Decided when the ramp ends (`FULL_SPEED_AFTER`): if a
-    /// single transfer of the ramp already queued packets on the path (its round trip grew)
-    /// and lost some (they arrived out of order), one stream fills the bottleneck, and more
-    /// streams would only overflow its queue. On a 200 Mbit/s link at 20 ms with a one-BDP
-    /// queue, 8 BBR streams lost 7,000 packets per 100 MiB copy (3 % of the bytes sent
-    /// again) and left the link part idle each time one ended, while the others slowly grew
-    /// into its share; one stream lost 860, all in its first slow start, and kept the link
-    /// full. Without losses, or without a grown round trip (random loss, a path one stream
-    /// cannot fill), the run goes wide as before.
-    pub(super) fn narrow(&self) -> bool {
-        match self.width.load(Ordering::Relaxed) {
-            UNDECIDED => {}
-            w => return w == NARROW,
-        }
-        let consumed = self.reader_pos.load(Ordering::Relaxed).saturating_sub(self.start);
-        if consumed < stream::FULL_SPEED_AFTER {
-            return false;
-        }
-        let narrow = {
-            let seen = self.seen.lock();
-            seen.reordered > 0 && seen.queueing >= QUEUEING
-        };
-        let _ = self.width.compare_exchange(
-            UNDECIDED,
-            if narrow { NARROW } else { WIDE },
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        self.width.load(Ordering::Relaxed) == NARROW
     }
 
     /// The reader read up to `position`.
@@ -618,77 +538,6 @@ impl Fetcher {
         }
     }
 
-    /// Whether stripe `s` waits instead of opening: another stripe of its run is transferring,
-    /// and either the run is narrow (that one takes over `s`'s range when it gets there,
-    /// `take_over_next`), or its width is not decided yet: two transfers starting together on
-    /// a path one of them fills lose packets together, and on the bench's link the BBR sender
-    /// of the one left then kept its rate at about its old share for a second (8.7 of 25 MB/s,
-    /// pacing gain 1) after the other ended. Once no other stripe transfers (it failed, was
-    /// stopped, or ended before the decision), `s` opens. A reader waiting on `s` (another
-    /// reader of the file, farther on) waits only for the stripe that takes it over next,
-    /// not for a chain of them.
-    pub(super) fn held_back(&self, s: &Stream, run: &Arc<Run>) -> bool {
-        if !run.narrow() && !run.deciding() {
-            return false;
-        }
-        let waited_on = s.waiters.load(Ordering::Relaxed) > 0;
-        let st = self.state.lock();
-        st.files.get(&s.file.key).is_some_and(|streams| {
-            streams.iter().any(|o| {
-                if std::ptr::eq(Arc::as_ptr(o), s) || o.kind != Kind::Stripe {
-                    return false;
-                }
-                let t = o.st.lock();
-                t.opened
-                    && t.live()
-                    && t.run.as_ref().is_some_and(|r| Arc::ptr_eq(r, run))
-                    && (!waited_on || t.end == s.start)
-            })
-        })
-    }
-
-    /// A stripe `s` of a narrow run nearing its planned end `at` takes over the range of the
-    /// unopened stripe of its run starting there: it goes on without a new transfer's round
-    /// trips and slow start. True when its end moved.
-    pub(super) fn take_over_next(&self, s: &Arc<Stream>, at: u64) -> bool {
-        let mut taken = None;
-        {
-            let mut st = self.state.lock();
-            let run = s.st.lock().run.clone();
-            let Some(run) = run else { return false };
-            let SchedState { queue, files, .. } = &mut *st;
-            let Some(streams) = files.get_mut(&s.file.key) else { return false };
-            let next = streams.iter().find(|o| {
-                !Arc::ptr_eq(o, s) && o.kind == Kind::Stripe && o.start == at && {
-                    let t = o.st.lock();
-                    !t.opened && t.live() && t.pos == at && t.run.as_ref().is_some_and(|r| Arc::ptr_eq(r, &run))
-                }
-            });
-            let Some(next) = next.cloned() else { return false };
-            let end = {
-                let mut t = next.st.lock();
-                let end = t.end;
-                if matches!(t.phase, Phase::Queued) {
-                    t.phase = Phase::Ended(Outcome::Stopped);
-                    queue.retain(|q| !Arc::ptr_eq(q, &next));
-                    streams.retain(|o| !Arc::ptr_eq(o, &next));
-                    taken = Some(Arc::clone(&next));
-                } else {
-                    // Its thread waits in `held_back`; it ends without opening.
-                    next.request_stop(&mut t, Stop::Unwanted);
-                }
-                end
-            };
-            let mut t = s.st.lock();
-            s.set_end(&mut t, end);
-            log::debug!("stripe of {} at {at} takes over the next one, to {end}", s.file.id.path);
-        }
-        if let Some(next) = taken {
-            self.finish(&next, at);
-        }
-        true
-    }
-
     /// When the byte at `at` is in memory already: the end of the filled bytes from there
     /// (at most `limit`).
     fn filled_from(&self, file: &FileRef, at: u64, limit: u64) -> Option<u64> {
@@ -835,7 +684,7 @@ impl Fetcher {
         }
     }
 
-    /// The tail of a wide run: a connection with nothing queued takes over the far half of the
+    /// The tail of a run: a connection with nothing queued takes over the far half of the
     /// running stripe that will end last, if that is worth a reopen. The stripe's end moves to
     /// where the new one begins (on a block boundary past the block it is filling), so it
     /// still ends at its planned end and no byte is fetched twice; the one early close this
@@ -848,11 +697,7 @@ impl Fetcher {
                 continue;
             }
             let t = s.st.lock();
-            // Only in a wide run: a narrow one is one transfer by design (`Run::narrow`).
-            if !matches!(t.phase, Phase::Running)
-                || t.stop.is_some()
-                || t.run.as_ref().is_none_or(|r| r.is_over() || r.narrow() || r.deciding())
-            {
+            if !matches!(t.phase, Phase::Running) || t.stop.is_some() || t.run.as_ref().is_none_or(|r| r.is_over()) {
                 continue;
             }
             let (Some(first_byte), Some((since, from))) = (t.first_byte, t.flowing_since) else { continue };
@@ -900,10 +745,6 @@ impl Fetcher {
     fn finish(&self, s: &Stream, pos: u64) {
         s.ended.store(true, Ordering::Release);
         s.changed.notify_all();
-        // A stripe held back behind this one may open now (`held_back`).
-        if let Some(run) = s.st.lock().run.as_ref() {
-            run.progress.notify_all();
-        }
         let end = s.end_hint.load(Ordering::Relaxed).max(pos);
         let first = pos.min(end) / BLOCK_SIZE;
         let last = end.saturating_sub(1) / BLOCK_SIZE;

@@ -24,7 +24,7 @@ use crate::stats::Stats;
 
 /// Bytes a sequential reader reads before all of its stripes fetch at full speed, and how
 /// far ahead of it they may fetch until then.
-pub(super) const FULL_SPEED_AFTER: u64 = 8 << 20;
+const FULL_SPEED_AFTER: u64 = 8 << 20;
 const RAMP_AHEAD: u64 = 8 << 20;
 /// Bounds of a peek's linger.
 const LINGER_MIN: Duration = Duration::from_millis(10);
@@ -37,9 +37,6 @@ const SKIP_CHUNK: usize = 256 << 10;
 /// A stripe asks its transport how far the server may send (`RangeReader::reach`) once per
 /// this many bytes; its reach moves at most about this much in between.
 const REACH_EVERY: u64 = 1 << 20;
-/// How far before its end a stripe of a narrow run takes over the next one's range
-/// (`Fetcher::take_over_next`).
-const TAKE_OVER_AHEAD: u64 = 8 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -87,9 +84,6 @@ pub(super) struct StreamState {
     /// How far into the file the server may already be sending this stream's bytes, as the
     /// transport last said (0 when it cannot say).
     pub(super) reach: u64,
-    /// A transfer was opened (or is being opened) for it; a stripe another one may take over
-    /// has not.
-    pub(super) opened: bool,
 }
 
 impl StreamState {
@@ -126,7 +120,6 @@ impl Stream {
                 run,
                 stop: None,
                 first_byte: None,
-                opened: false,
                 flowing_since: None,
                 reach: 0,
             }),
@@ -187,7 +180,6 @@ impl Fetcher {
         let mut failures = 0u32;
         let mut last_progress = Instant::now();
         let mut lingered = false;
-        let mut opened = false;
         let mut current: Option<(u64, Arc<Block>)> = None;
         let mut scratch: Vec<u8> = Vec::new();
         let outcome = loop {
@@ -214,17 +206,6 @@ impl Fetcher {
                 t.phase = Phase::Ended(Outcome::Done);
                 break Outcome::Done;
             }
-            // A narrow run's stripe takes over the next range a little before its end, while
-            // the window narrowed towards that end still lets the server send at full rate.
-            if s.kind == Kind::Stripe
-                && end < size
-                && end.saturating_sub(pos) <= TAKE_OVER_AHEAD
-                && reader.is_some()
-                && run.as_ref().is_some_and(|r| r.narrow())
-                && self.take_over_next(s, end)
-            {
-                continue;
-            }
             if let Some(run) = &run
                 && s.kind == Kind::Stripe
             {
@@ -235,9 +216,7 @@ impl Fetcher {
                     s.request_stop(&mut t, Stop::Unwanted);
                     continue;
                 }
-                if pos >= run.reader_pos.load(Ordering::Relaxed).saturating_add(self.allowance(run))
-                    || (reader.is_none() && !opened && self.held_back(s, run))
-                {
+                if pos >= run.reader_pos.load(Ordering::Relaxed).saturating_add(self.allowance(run)) {
                     run.wait_for_reader(Duration::from_millis(50));
                     continue;
                 }
@@ -248,12 +227,6 @@ impl Fetcher {
                     Kind::Stripe => Intent::Run { end },
                 };
                 opened_at = Instant::now();
-                // Marked before `open` returns (a few round trips), so that stripes held back
-                // behind this one see it from the start.
-                if !opened {
-                    opened = true;
-                    s.st.lock().opened = true;
-                }
                 match self.remote.open(&file.id.path, pos, file.version, intent) {
                     Ok(r) if r.position() == pos => {
                         log::debug!("{:?} of {} opened at {pos} to {end}", s.kind, file.id.path);
@@ -275,8 +248,7 @@ impl Fetcher {
                 continue;
             };
             if end != told_end {
-                // The planned end moved: another connection took the far part of this stripe
-                // (`steal`), or this stripe took over the next one's range (`take_over_next`).
+                // Another connection took over the far part of this stripe (`steal`).
                 r.plan_end(end);
                 told_end = end;
             }
@@ -351,14 +323,6 @@ impl Fetcher {
                     last_progress = Instant::now();
                     if probing {
                         probing = index == 0 && self.probe_fits(file, &block);
-                    }
-                    // Until the run's width is decided, what this transfer sees of the path
-                    // counts (`Run::narrow`).
-                    if let (Some(run), Some(r)) = (&run, reader.as_ref())
-                        && run.deciding()
-                        && let Some(signal) = r.path()
-                    {
-                        run.observe(signal);
                     }
                 }
                 Err(e) => {
