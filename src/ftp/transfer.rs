@@ -417,6 +417,13 @@ impl FtpsReader {
         e
     }
 
+    /// TLS bytes that have arrived and that no read has taken yet: in the kernel's receive
+    /// queue and in our socket buffer.
+    fn queued(stream: &TlsWire) -> Option<u64> {
+        let unread = received_unread(stream.sock.socket()).ok()?;
+        Some((unread + stream.sock.buffered()) as u64)
+    }
+
     /// Narrows the TCP window as a run nears its planned end, so that the server sends the
     /// TLS record holding the run's last byte and nothing past it: whatever it sends past
     /// the end crosses the link only to be thrown away when the transfer is closed there. At a
@@ -434,9 +441,7 @@ impl FtpsReader {
         if self.narrowed_at.is_some_and(|at| self.position < at + NARROW_EVERY && left > NARROW_EVERY) {
             return;
         }
-        let sock = stream.sock.socket();
-        let Ok(unread) = received_unread(sock) else { return };
-        let queued = (unread + stream.sock.buffered()) as u64;
+        let Some(queued) = Self::queued(stream) else { return };
         let plain_queued = queued.saturating_sub((queued / RECORD as u64 + 1) * RECORD_OVERHEAD);
         let needed = left.saturating_sub(plain_queued);
         // Whole records: the one holding the last wanted byte must arrive complete.
@@ -445,7 +450,7 @@ impl FtpsReader {
             log::debug!("narrowing the window {left} bytes before a run's end at {end}: {window} bytes");
         }
         log::trace!("window {window} at {} ({left} left, {queued} queued)", self.position);
-        if let Err(e) = clamp_window(sock, usize::try_from(window).unwrap_or(usize::MAX)) {
+        if let Err(e) = clamp_window(stream.sock.socket(), usize::try_from(window).unwrap_or(usize::MAX)) {
             log::debug!("cannot clamp the window: {e}");
             self.planned_end = None;
             return;
@@ -460,10 +465,10 @@ impl FtpsReader {
         if let Some(end) = self.planned_end.filter(|&end| self.position == end && log::log_enabled!(log::Level::Debug))
         {
             // What the narrowing left to waste, for `-vv` logs.
-            let sock = stream.sock.socket();
-            let queued = received_unread(sock).unwrap_or(0) + stream.sock.buffered();
+            let queued = Self::queued(&stream).unwrap_or(0);
             // Packets out of order mean a loss on the way or a drop here: none are expected.
-            let (window, disorder) = tcp_info(sock).map_or((0, 0), |i| (i.tcpi_rcv_wnd, i.tcpi_rcv_ooopack));
+            let (window, disorder) =
+                tcp_info(stream.sock.socket()).map_or((0, 0), |i| (i.tcpi_rcv_wnd, i.tcpi_rcv_ooopack));
             log::debug!(
                 "run closed at its planned end {end}: {queued} bytes queued, window {window}, \
                  {disorder} packets out of order"
@@ -544,18 +549,17 @@ impl RangeReader for FtpsReader {
     }
 
     fn reach(&self) -> Option<u64> {
-        let sock = self.stream.as_ref()?.sock.socket();
-        let queued = received_unread(sock).ok()? as u64;
+        let stream = self.stream.as_ref()?;
+        let queued = Self::queued(stream)?;
         // 0 from a kernel too old to report the window, or a closed one that may reopen:
         // count the largest window there can be.
-        let window = match u64::from(tcp_info(sock)?.tcpi_rcv_wnd) {
+        let window = match u64::from(tcp_info(stream.sock.socket())?.tcpi_rcv_wnd) {
             0 => max_receive_buffer(),
             w => w,
         };
-        let buffered = self.stream.as_ref().map_or(0, |s| s.sock.buffered()) as u64;
         // TLS bytes count as file bytes (more than they hold), and the record rustls is
         // assembling may hold one more.
-        Some(self.position + queued + buffered + window + RECORD as u64)
+        Some(self.position + queued + window + RECORD as u64)
     }
 
     fn close(self: Box<Self>) {
