@@ -40,6 +40,10 @@ pub struct Transfer {
     pub broke: bool,
     /// The last planned end the reader was told of after opening (`RangeReader::plan_end`).
     pub told_end: Option<u64>,
+    /// How many times it was told of a new planned end.
+    pub times_told: u32,
+    /// It ran at `Faults::slow_rate`.
+    pub slow: bool,
 }
 
 /// Faults and latency applied to every transfer; tests change them at any time.
@@ -65,6 +69,10 @@ pub struct Faults {
     pub stall_lists: AtomicBool,
     /// Every listing takes this long, in milliseconds.
     pub list_delay_ms: AtomicU64,
+    /// The transfer opened this many opens in (1 for the first, 0: none) delivers at most
+    /// `slow_rate` bytes per second: one connection with a small share of a shared link.
+    pub slow_open: AtomicU64,
+    pub slow_rate: AtomicU64,
 }
 
 #[derive(Default)]
@@ -257,7 +265,8 @@ impl Remote for FakeRemote {
         if offset > size {
             return Err(RemoteError::Protocol(format!("REST {offset} beyond the end of {path}")));
         }
-        self.shared.opens.fetch_add(1, Ordering::SeqCst);
+        let nth = self.shared.opens.fetch_add(1, Ordering::SeqCst) + 1;
+        let slow = (faults.slow_open.load(Ordering::SeqCst) == nth).then(|| faults.slow_rate.load(Ordering::SeqCst));
         self.shared.live.fetch_add(1, Ordering::SeqCst);
         let break_after = faults.break_after.load(Ordering::SeqCst);
         let count = faults.break_count.load(Ordering::SeqCst);
@@ -277,9 +286,11 @@ impl Remote for FakeRemote {
             intent,
             break_after,
             opened: Instant::now(),
+            slow,
             broke: false,
             ended: false,
             told_end: None,
+            times_told: 0,
         }))
     }
 
@@ -361,9 +372,12 @@ struct FakeReader {
     intent: Intent,
     break_after: u64,
     opened: Instant,
+    /// This transfer's own rate limit (`Faults::slow_open`).
+    slow: Option<u64>,
     broke: bool,
     ended: bool,
     told_end: Option<u64>,
+    times_told: u32,
 }
 
 impl FakeReader {
@@ -383,6 +397,8 @@ impl FakeReader {
             closed_early_at,
             broke: self.broke,
             told_end: self.told_end,
+            times_told: self.times_told,
+            slow: self.slow.is_some(),
         });
     }
 }
@@ -408,7 +424,7 @@ impl RangeReader for FakeReader {
         buf[..n].copy_from_slice(&self.data[start..start + n]);
         self.pos += n as u64;
         self.shared.bytes.fetch_add(n as u64, Ordering::SeqCst);
-        let rate = faults.rate.load(Ordering::SeqCst);
+        let rate = self.slow.unwrap_or_else(|| faults.rate.load(Ordering::SeqCst));
         if rate > 0 {
             let due = Duration::from_secs_f64((self.pos - self.offset) as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(self.opened.elapsed()) {
@@ -424,6 +440,7 @@ impl RangeReader for FakeReader {
 
     fn plan_end(&mut self, end: u64) {
         self.told_end = Some(end);
+        self.times_told += 1;
     }
 
     fn close(mut self: Box<Self>) {

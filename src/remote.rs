@@ -89,9 +89,9 @@ pub trait RangeReader: Send {
     /// the transport may stop asking the server for bytes past it.
     fn plan_end(&mut self, _end: u64) {}
 
-    /// How far into the file the server may already have sent (what is queued here and what
-    /// the transport's window lets it send), when the transport knows: bytes past it are not
-    /// yet on the way, so a run cut there wastes nothing.
+    /// How far into the file the server has likely sent (what is queued here and about what
+    /// it has in flight), when the transport knows: bytes past it are not yet on the way, so
+    /// a run cut there wastes little.
     fn reach(&self) -> Option<u64> {
         None
     }

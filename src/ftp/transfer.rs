@@ -553,13 +553,20 @@ impl RangeReader for FtpsReader {
         let queued = Self::queued(stream)?;
         // 0 from a kernel too old to report the window, or a closed one that may reopen:
         // count the largest window there can be.
-        let window = match u64::from(tcp_info(stream.sock.socket())?.tcpi_rcv_wnd) {
+        let info = tcp_info(stream.sock.socket())?;
+        let window = match u64::from(info.tcpi_rcv_wnd) {
             0 => max_receive_buffer(),
             w => w,
         };
+        // The window is what the server may send, not what it sends: near a planned end it
+        // covers the whole rest of the run however slowly that arrives. A sender has about
+        // one round trip's worth in flight, and the kernel's measure of that (the most the
+        // reader took in one round trip, which never shrinks) is far below the window of a
+        // slow stream: twice it, then, but never more than the window.
+        let in_flight = window.min(2 * u64::from(info.tcpi_rcv_space).max(RECORD as u64));
         // TLS bytes count as file bytes (more than they hold), and the record rustls is
         // assembling may hold one more.
-        Some(self.position + queued + window + RECORD as u64)
+        Some(self.position + queued + in_flight + RECORD as u64)
     }
 
     fn close(self: Box<Self>) {

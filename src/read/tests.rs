@@ -678,6 +678,30 @@ fn a_connection_whose_stripe_ended_takes_over_the_far_half_of_the_stripe_that_en
     assert_eq!(t.iter().filter(|x| x.closed_early_at.is_none()).count(), 1, "{t:?}");
 }
 
+#[test]
+fn a_slow_stripe_keeps_only_what_it_fetches_while_the_connection_taking_over_its_end_opens() {
+    let size = 48 * MIB;
+    let (remote, data) = one_file("/unequal", size, 29, 4);
+    // One stripe gets a thirty-second of the others' rate, as one of several streams sharing
+    // a shallow queue can. The 4th open is a stripe opened when the ramp ended.
+    remote.faults().rate.store(32 * MIB, Ordering::SeqCst);
+    remote.faults().slow_rate.store(MIB, Ordering::SeqCst);
+    remote.faults().slow_open.store(4, Ordering::SeqCst);
+    remote.faults().open_delay_us.store(5_000, Ordering::SeqCst);
+    let (_dir, disk) = big_disk_cache();
+    let (rp, stats) = read_path(&remote, Some(disk), config());
+    let t = copy_whole(&rp, &remote, "/unequal", &data);
+    let slow = t.iter().find(|x| x.slow).unwrap_or_else(|| panic!("a slow transfer: {t:?}"));
+    assert!(slow.told_end.is_some(), "the slow stripe handed over its end: {t:?}");
+    // Halved, it would have kept 5 MiB or more and been split again and again as connections
+    // came free. It keeps what it fetches while the new transfer opens, rounded up to a block
+    // past the one it fills, and is split once.
+    assert_eq!(slow.times_told, 1, "{slow:?}");
+    assert!(slow.delivered <= 2 * MIB, "the slow stripe fetched {} bytes: {t:?}", slow.delivered);
+    assert_eq!(stat(&stats.cancelled), 0);
+    assert_eq!(stat(&stats.planned_ends), t.len() as u64 - 1, "{t:?}");
+}
+
 /// A two-HDU FITS file: a one-record primary header over `data_len` bytes of 8-bit data,
 /// then an extension header, then `tail` bytes of pattern. Returns the bytes and where the
 /// extension header begins.

@@ -24,12 +24,13 @@
 //!
 //! The tail: stripes of equal size do not end together (their connections do not get equal
 //! shares of the link), and a connection whose stripe ended would idle while the last ones
-//! finish. When a fetch thread's stream ends and nothing is queued, it takes over the far half
-//! of the running stripe that will end last (`steal`), if that stripe still needs several
-//! reopens' worth of time at its own rate: the stripe's planned end moves to where the new
-//! one begins, on a block boundary and not before what the server may already be sending it
-//! (`RangeReader::reach`), so every transfer still ends at its planned end (one more planned
-//! end, whose transport is told of it: `plan_end`) and the last one at the end of the file.
+//! finish. When a fetch thread's stream ends and nothing is queued, it takes over the end of
+//! the running stripe that will end last (`steal`), if that stripe still needs a few
+//! reopens' worth of time at its own rate. The split is placed so that both end together at
+//! their rates (a slow stripe keeps little), on a block boundary and not before what the
+//! server may already have sent it (`RangeReader::reach`): the stripe's planned end moves
+//! there, so every transfer still ends at its planned end (one more planned end, whose
+//! transport is told of it: `plan_end`) and the last one at the end of the file.
 //!
 //! How a stripe's end is counted: a stream that stops exactly at its planned `end` before the
 //! end of the file is a *planned end* (`planned_ends`); one that reaches the end of the file
@@ -100,11 +101,15 @@ const NEAR_OWN_READER: u64 = 64 << 20;
 const EXTEND_GAP: u64 = 1 << 20;
 /// Remaining ranges are not split into stripes smaller than this.
 const MIN_STRIPE: u64 = 2 << 20;
-/// A connection whose stripe ended takes over the far half of a running stripe only if that
+/// A connection whose stripe ended takes over the end of a running stripe only if that
 /// stripe, at its own rate, still needs this many times its first-byte latency (a reopen costs
 /// a few round trips, then the new data connection starts slowly) and at least `STEAL_FLOOR`.
-const STEAL_AFTER_FIRST_BYTES: u32 = 8;
+/// 8 left the last stripes of a copy on a rate-limited link running alone at a small share
+/// of it for up to a second.
+const STEAL_AFTER_FIRST_BYTES: u32 = 2;
 const STEAL_FLOOR: Duration = Duration::from_millis(50);
+/// Neither half of a stripe split at its tail is smaller than this.
+const STEAL_MIN_PIECE: u64 = 1 << 20;
 /// How much of a FITS file's next header is fetched ahead: what Python's buffered reader
 /// (`st_blksize` bytes) makes the kernel ask for at an offset that is not page-aligned, so the
 /// reader's request finds all of its bytes in one prefetch and opens no transfer of its own.
@@ -645,6 +650,8 @@ impl Fetcher {
         let mut current = first;
         loop {
             let requeue = self.run_stream(&current);
+            // What this connection just managed, the measure of what it takes over next.
+            let thief_rate = (current.kind == Kind::Stripe).then(|| current.st.lock().rate(Instant::now())).flatten();
             let mut st = self.state.lock();
             if let Some(v) = st.files.get_mut(&current.file.key) {
                 v.retain(|x| !Arc::ptr_eq(x, &current));
@@ -665,7 +672,7 @@ impl Fetcher {
                 // gets it before the thread exits.
                 pick(&mut st.queue)
                     .or_else(|| (!st.deferred.is_empty()).then(|| st.deferred.remove(0)))
-                    .or_else(|| self.steal(&mut st))
+                    .or_else(|| self.steal(&mut st, thief_rate))
             } else {
                 None
             };
@@ -684,12 +691,18 @@ impl Fetcher {
         }
     }
 
-    /// The tail of a run: a connection with nothing queued takes over the far half of the
-    /// running stripe that will end last, if that is worth a reopen. The stripe's end moves to
-    /// where the new one begins (on a block boundary past the block it is filling), so it
-    /// still ends at its planned end and no byte is fetched twice; the one early close this
-    /// adds costs what the server had in flight. Returns the new stripe, already registered.
-    fn steal(&self, st: &mut SchedState) -> Option<Arc<Stream>> {
+    /// The tail of a run: a connection with nothing queued takes over the end of the running
+    /// stripe that will end last, if that is worth a reopen. The stripe's end moves to where
+    /// the new one begins (on a block boundary past the block it is filling), so it still ends
+    /// at its planned end and no byte is fetched twice; the one early close this adds costs
+    /// what the server had in flight. Returns the new stripe, already registered.
+    ///
+    /// Where to split: so that both end together. The stripe keeps what it fetches at its own
+    /// rate while the new one opens (twice its first-byte wait: the reopen, then a slow start)
+    /// and fetches the rest at `thief_rate`, the rate this connection's last stripe had.
+    /// Streams sharing a queue are often far from equal (on a rate-limited link one had a
+    /// third of another's rate), so halving would leave a slow stripe most of a slow tail.
+    fn steal(&self, st: &mut SchedState, thief_rate: Option<f64>) -> Option<Arc<Stream>> {
         let now = Instant::now();
         let mut best: Option<(Duration, Arc<Stream>)> = None;
         for s in st.files.values().flatten() {
@@ -700,13 +713,18 @@ impl Fetcher {
             if !matches!(t.phase, Phase::Running) || t.stop.is_some() || t.run.as_ref().is_none_or(|r| r.is_over()) {
                 continue;
             }
-            let (Some(first_byte), Some((since, from))) = (t.first_byte, t.flowing_since) else { continue };
-            let (done, left) = (t.pos.saturating_sub(from), t.end.saturating_sub(t.pos));
-            if done == 0 || left < 2 * MIN_STRIPE {
+            let (Some(first_byte), Some(rate)) = (t.first_byte, t.rate(now)) else { continue };
+            let left = t.end.saturating_sub(t.pos);
+            if left < 2 * STEAL_MIN_PIECE {
                 continue;
             }
-            let needs = now.duration_since(since).mul_f64(left as f64 / done as f64);
+            let needs = Duration::from_secs_f64(left as f64 / rate);
             if needs < (first_byte * STEAL_AFTER_FIRST_BYTES).max(STEAL_FLOOR) {
+                log::trace!(
+                    "{}: no takeover of the stripe at {}: needs {needs:?}, first byte {first_byte:?}",
+                    s.file.id.path,
+                    t.pos
+                );
                 continue;
             }
             if best.as_ref().is_none_or(|(b, _)| needs > *b) {
@@ -715,16 +733,32 @@ impl Fetcher {
         }
         let (_, victim) = best?;
         let mut t = victim.st.lock();
+        let left = t.end - t.pos;
+        let keep = match (t.rate(now), t.first_byte, thief_rate) {
+            (Some(own), Some(first_byte), Some(thief)) if thief > 0.0 => {
+                let ratio = own / thief;
+                let head_start = own * 2.0 * first_byte.as_secs_f64();
+                ((head_start + left as f64 * ratio) / (1.0 + ratio)) as u64
+            }
+            _ => left / 2,
+        };
         // Past the block the stripe is filling: it never reads beyond a block's end at once.
         let next_block = (t.pos / BLOCK_SIZE + 1) * BLOCK_SIZE;
-        let middle = (t.pos + (t.end - t.pos) / 2).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        let at = (t.pos + keep.min(left)).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
         // Not before what the server may already be sending it: those bytes would cross the
         // link twice.
-        let split = middle.max(next_block).max(t.reach.div_ceil(BLOCK_SIZE) * BLOCK_SIZE);
+        let split = at.max(next_block).max(t.reach.div_ceil(BLOCK_SIZE) * BLOCK_SIZE);
         // Past where its reader lets stripes fetch (no disk cache), the new one would only wait.
         let allowed =
             t.run.as_ref().map_or(0, |r| r.reader_pos.load(Ordering::Relaxed).saturating_add(self.allowance(r)));
-        if split + MIN_STRIPE > t.end || split >= allowed {
+        if split + STEAL_MIN_PIECE > t.end || split >= allowed {
+            log::trace!(
+                "{}: no takeover of the stripe at {}: split {split}, end {}, reach {}",
+                victim.file.id.path,
+                t.pos,
+                t.end,
+                t.reach
+            );
             return None;
         }
         let end = t.end;

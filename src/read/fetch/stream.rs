@@ -90,6 +90,13 @@ impl StreamState {
     pub(super) fn live(&self) -> bool {
         !matches!(self.phase, Phase::Ended(_)) && self.stop.is_none()
     }
+
+    /// Bytes per second since the first byte arrived, once there is something to measure.
+    pub(super) fn rate(&self, now: Instant) -> Option<f64> {
+        let (since, from) = self.flowing_since?;
+        let (done, secs) = (self.pos.saturating_sub(from), now.duration_since(since).as_secs_f64());
+        (done > 0 && secs > 0.0).then(|| done as f64 / secs)
+    }
 }
 
 pub(crate) struct Stream {
