@@ -35,11 +35,11 @@
 //! at most once a second) rescans the disk and drops from the index what is gone, so the mount's
 //! disk usage stays true and it does not evict live blocks to make room taken by nothing.
 //!
-//! Threads: FUSE threads load blocks, the cache writer thread stores them, fetch threads ask
-//! `probe`. Locking: one mutex guards the index, held only to update it; file I/O (reads,
-//! writes, renames, unlinks) happens outside it. A reader racing an eviction either opened
-//! the file before the unlink (and reads the complete old file through its descriptor) or
-//! after it (and sees a miss).
+//! Threads: FUSE threads load blocks, the cache writer threads store them (never two at once
+//! for the same block), fetch threads ask `probe`. Locking: one mutex guards the index, held
+//! only to update it; file I/O (reads, writes, renames, unlinks) happens outside it. A reader
+//! racing an eviction either opened the file before the unlink (and reads the complete old
+//! file through its descriptor) or after it (and sees a miss).
 
 use parking_lot::{Mutex, MutexGuard};
 use std::fs::{self, DirBuilder, File, FileTimes};
