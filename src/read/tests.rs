@@ -207,7 +207,7 @@ fn a_sequential_read_switches_to_stripes_fetches_every_byte_once_and_ends_only_a
             let stop = x.offset + x.delivered;
             assert!(
                 stop == end || t.iter().any(|y| y.offset == stop),
-                "a stripe runs to its end, or to where another connection took over its far half: {x:?}"
+                "a stripe runs to its end, or to where another connection took over its end: {x:?}"
             );
         }
     }
@@ -651,7 +651,7 @@ fn a_reader_that_turns_sequential_gets_every_connection_logged_in_before_its_str
 }
 
 #[test]
-fn a_connection_whose_stripe_ended_takes_over_the_far_half_of_the_stripe_that_ends_last() {
+fn a_connection_whose_stripe_ended_takes_over_the_end_of_the_stripe_that_ends_last() {
     let size = 48 * MIB;
     let (remote, data) = one_file("/tail", size, 23, 4);
     // The first stripe starts about a second before the others (they wait until the reader
@@ -663,7 +663,7 @@ fn a_connection_whose_stripe_ended_takes_over_the_far_half_of_the_stripe_that_en
     let t = copy_whole(&rp, &remote, "/tail", &data);
     let shortened: Vec<&Transfer> =
         t.iter().filter(|x| matches!(x.intent, Intent::Run { end } if x.offset + x.delivered < end)).collect();
-    assert!(!shortened.is_empty(), "a stripe handed its far half to a free connection: {t:?}");
+    assert!(!shortened.is_empty(), "a stripe handed its end to a free connection: {t:?}");
     for x in shortened {
         let stop = x.offset + x.delivered;
         assert_eq!(x.closed_early_at, Some(stop), "{x:?}");

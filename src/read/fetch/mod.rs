@@ -62,7 +62,7 @@
 //!
 //! Threads: FUSE threads call `ensure`, `plan` and `stop_run`; a fetch thread calls
 //! `prefetch` (never holding a lock); each running stream has a fetch thread (`mastfs-fetch`), which takes the next queued stream when its own ends
-//! (or, with none queued, the far half of another: `steal`, under `Fetcher::state`) and exits
+//! (or, with none queued, the end of another: `steal`, under `Fetcher::state`) and exits
 //! when there is none. Lock order: `Fetcher::state`, then a `Stream::st`, then `Memory`'s map,
 //! then a block's lock; `Run::progress` is taken alone.
 //! `Remote::ready` and `Remote::prepare` (the connection pool's lock, a leaf; `prepare` only
