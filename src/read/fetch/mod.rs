@@ -25,7 +25,7 @@
 //! The tail: stripes of equal size do not end together (their connections do not get equal
 //! shares of the link), and a connection whose stripe ended would idle while the last ones
 //! finish. When a fetch thread's stream ends and nothing is queued, it takes over the end of
-//! the running stripe that will end last (`steal`), if that stripe still needs a few
+//! the running stripe that will end last (`steal`), if that stripe still needs several
 //! reopens' worth of time at its own rate. The split is placed so that both end together at
 //! their rates (a slow stripe keeps little), on a block boundary and not before what the
 //! server may already have sent it (`RangeReader::reach`): the stripe's planned end moves
@@ -700,8 +700,8 @@ impl Fetcher {
     /// Where to split: so that both end together. The stripe keeps what it fetches at its own
     /// rate while the new one opens (twice its first-byte wait: the reopen, then a slow start)
     /// and fetches the rest at `thief_rate`, the rate this connection's last stripe had.
-    /// Streams sharing a queue are often far from equal (on a rate-limited link one had a
-    /// third of another's rate), so halving would leave a slow stripe most of a slow tail.
+    /// Streams sharing a queue are often far from equal (on a rate-limited link one had less
+    /// than half the rate of others), so halving would leave a slow stripe most of a slow tail.
     fn steal(&self, st: &mut SchedState, thief_rate: Option<f64>) -> Option<Arc<Stream>> {
         let now = Instant::now();
         let mut best: Option<(Duration, Arc<Stream>)> = None;
