@@ -343,6 +343,8 @@ impl ReadPath {
             return Ok(Data::Owned(Vec::new()));
         }
         let mut plan = self.note_access(f, offset, end);
+        // Held until this read returns: a reader waiting for its bytes is not idle.
+        let _reading = f.run.lock().as_ref().map(|run| run.reading());
         let mut deadline = Deadline::new(self.config.timeout + WAIT_MARGIN);
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;

@@ -700,6 +700,26 @@ fn a_slow_stripe_keeps_only_what_it_fetches_while_the_connection_taking_over_its
     assert_eq!(stat(&stats.planned_ends), t.len() as u64 - 1, "{t:?}");
 }
 
+#[test]
+fn a_reader_waiting_longer_than_the_idle_limit_for_a_slow_stripe_keeps_its_run() {
+    let size = 48 * MIB;
+    let (remote, data) = one_file("/trickle", size, 31, 4);
+    // The 4th open, a stripe opened when the ramp ended, trickles: a 1 MiB read from it
+    // waits about 4 s, longer than `IDLE_STOP`, while the transfer keeps making progress.
+    remote.faults().rate.store(32 * MIB, Ordering::SeqCst);
+    remote.faults().slow_rate.store(256 * KIB, Ordering::SeqCst);
+    remote.faults().slow_open.store(4, Ordering::SeqCst);
+    remote.faults().open_delay_us.store(5_000, Ordering::SeqCst);
+    let (_dir, disk) = big_disk_cache();
+    let (rp, stats) = read_path(&remote, Some(disk), config());
+    let t = copy_whole(&rp, &remote, "/trickle", &data);
+    assert!(t.iter().any(|x| x.slow), "a slow transfer: {t:?}");
+    // Waiting for bytes is reading: no stripe was stopped as if the reader had paused, and
+    // every transfer ended where it was planned to.
+    assert_eq!(stat(&stats.cancelled), 0, "{t:?}");
+    assert_eq!(stat(&stats.planned_ends), t.len() as u64 - 1, "{t:?}");
+}
+
 /// A two-HDU FITS file: a one-record primary header over `data_len` bytes of 8-bit data,
 /// then an extension header, then `tail` bytes of pattern. Returns the bytes and where the
 /// extension header begins.

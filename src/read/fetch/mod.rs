@@ -71,7 +71,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -118,13 +118,19 @@ const PAGE: u64 = 4096;
 /// Only this much of a file's beginning is parsed for a FITS primary header: a header that
 /// has not ended by then gets no prefetch (real primary headers are a few records).
 const FITS_PROBE_LIMIT: usize = 256 << 10;
-/// A sequential reader that has not read for this long has stopped: its stripes stop.
+/// A sequential reader that has not read for this long has stopped: its stripes stop. A read
+/// still waiting for its bytes is not a pause: a reader blocked on a stripe slowed to a trickle
+/// (on a shallow-queued link one ran at 0.3 MB/s for seconds) once had every other stripe of
+/// its run stopped 3 s into that one read.
 pub(crate) const IDLE_STOP: Duration = Duration::from_secs(3);
 /// A sequential reader's run: where it is, and whether it still reads.
 pub(crate) struct Run {
     start: u64,
     reader_pos: AtomicU64,
+    /// When a read of this run last began or returned.
     last_read: Mutex<Instant>,
+    /// Reads of this run that have begun and not returned (`Reading`).
+    reading: AtomicUsize,
     planned_to: AtomicU64,
     stopped: AtomicBool,
     progress: Condvar,
@@ -137,6 +143,7 @@ impl Run {
             start,
             reader_pos: AtomicU64::new(start),
             last_read: Mutex::new(Instant::now()),
+            reading: AtomicUsize::new(0),
             planned_to: AtomicU64::new(start),
             stopped: AtomicBool::new(false),
             progress: Condvar::new(),
@@ -172,13 +179,30 @@ impl Run {
         self.planned_to.fetch_max(to, Ordering::Relaxed);
     }
 
+    /// A read of this run began; it counts as reading until the guard is dropped.
+    pub(crate) fn reading(self: &Arc<Self>) -> Reading {
+        self.reading.fetch_add(1, Ordering::Relaxed);
+        Reading(Arc::clone(self))
+    }
+
     fn idle(&self) -> bool {
-        self.last_read.lock().elapsed() >= IDLE_STOP
+        self.reading.load(Ordering::Relaxed) == 0 && self.last_read.lock().elapsed() >= IDLE_STOP
     }
 
     fn wait_for_reader(&self, limit: Duration) {
         let mut g = self.progress_lock.lock();
         self.progress.wait_for(&mut g, limit);
+    }
+}
+
+/// A read of a run in progress (`Run::reading`): while one is, the run is not idle, and the
+/// idle time counts from when the last one returned.
+pub(crate) struct Reading(Arc<Run>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        *self.0.last_read.lock() = Instant::now();
+        self.0.reading.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
