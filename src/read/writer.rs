@@ -74,14 +74,14 @@ impl Queue {
 pub(crate) struct Writer {
     disk: Option<Arc<BlockCache>>,
     queue: Mutex<Queue>,
-    /// The writer waits here for jobs.
+    /// Writer threads wait here for jobs.
     work: Condvar,
     /// Fetch threads wait here for room; one is woken per job taken, so a full queue does not
     /// wake every waiting fetch thread for one slot.
     room: Condvar,
     /// `stop` and `flush` wait here for the queue to drain.
     drained: Condvar,
-    /// A writer thread runs.
+    /// At least one writer thread runs.
     alive: AtomicBool,
     ok: AtomicBool,
     failed_at: Mutex<Option<Instant>>,
