@@ -22,6 +22,7 @@ use rustls::ClientConfig;
 
 use super::control::Control;
 use super::data::{self, Ahead};
+use super::datatls::DataTls;
 use super::login::{Login, remaining};
 use super::tls::TlsWire;
 use super::wire::Flights;
@@ -45,7 +46,7 @@ const MAX_TRAILING: usize = 1 << 20;
 pub(crate) enum Owes {
     Nothing,
     /// A transfer whose bytes all arrived: its data connection's close and final reply.
-    Finish(Box<TlsWire>),
+    Finish(Box<DataTls>),
     /// A transfer closed before its end.
     Abort,
 }
@@ -189,21 +190,21 @@ impl Conn {
     /// prove the handshake is over on the server's side, and they are on their way anyway.
     pub(crate) fn abort_transfer(
         &mut self,
-        mut stream: TlsWire,
+        mut stream: DataTls,
         stats: &Stats,
         no_data_yet: bool,
         first_byte_wait: Duration,
     ) {
         if no_data_yet {
             use std::io::Read;
-            let deadline = super::watchdog::arm(stream.sock.socket(), first_byte_wait);
+            let deadline = super::watchdog::arm(stream.socket(), first_byte_wait);
             let mut one = [0u8; 1];
             if let Err(e) = stream.read(&mut one) {
                 log::debug!("no first byte before an early close: {e}");
             }
             drop(deadline);
         }
-        super::wire::reset_on_close(stream.sock.socket());
+        super::wire::reset_on_close(stream.socket());
         drop(stream);
         self.owes = Owes::Abort;
         Stats::add(&stats.aborts, 1);
@@ -213,7 +214,7 @@ impl Conn {
     /// the file's end: `Ok(true)` if the server says it sent the whole file (`226`/`250`, so
     /// the file is shorter than the version we know), `Ok(false)` if it says it broke off
     /// (a `4xx`/`5xx` reply; the connection stays in step).
-    pub(crate) fn end_of_short_transfer(&mut self, stream: TlsWire, deadline: Instant) -> Result<bool, RemoteError> {
+    pub(crate) fn end_of_short_transfer(&mut self, stream: DataTls, deadline: Instant) -> Result<bool, RemoteError> {
         data::close_tls(stream);
         let _exchange = self.control.deadline(remaining(deadline)?);
         match self.control.answer("end of transfer", &[226, 250]) {
@@ -226,12 +227,12 @@ impl Conn {
         }
     }
 
-    fn finish_transfer(&mut self, mut stream: TlsWire, deadline: Instant) -> Result<(), RemoteError> {
+    fn finish_transfer(&mut self, mut stream: DataTls, deadline: Instant) -> Result<(), RemoteError> {
         use std::io::Read;
         // The deadline holds a second descriptor of the socket: it is dropped before the
         // socket is closed, or the server would never see the close (and some send their
         // 226 only then).
-        let data_deadline = super::watchdog::arm(stream.sock.socket(), remaining(deadline)?);
+        let data_deadline = super::watchdog::arm(stream.socket(), remaining(deadline)?);
         let mut sink = [0u8; 16 * 1024];
         let mut trailing = 0;
         loop {

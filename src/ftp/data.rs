@@ -1,5 +1,6 @@
 //! Data connections: opened ahead of use (`PASV` answered, TCP connected), secured with TLS
-//! that resumes the control connection's session, and read through a large buffer.
+//! that resumes the control connection's session, and read through a large buffer
+//! (`datatls.rs`).
 //!
 //! Threads: a data connection belongs to its control connection and is used by whichever
 //! thread holds that (a request, or the pool's arming job).
@@ -8,15 +9,15 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use super::control::{Reply, io_error};
-use super::tls::TlsWire;
-use super::wire::{Flights, Wire, finish_connect, is_silent, start_connect};
+use super::datatls::DataTls;
+use super::wire::{Flights, finish_connect, is_silent, start_connect};
 use crate::error::RemoteError;
 
-/// Read buffer of a data connection: one system call brings in many TLS records.
+/// Receive buffer of a data connection: one system call brings in many TLS records.
 const READ_BUFFER: usize = 256 * 1024;
 
 /// A data connection opened ahead: the server answered `PASV`/`EPSV` and the TCP connection
@@ -102,23 +103,15 @@ pub(crate) fn start_tls(
     config: &Arc<ClientConfig>,
     name: &ServerName<'static>,
     flights: &Arc<Flights>,
-) -> Result<TlsWire, RemoteError> {
-    let conn = ClientConnection::new(Arc::clone(config), name.clone())
-        .map_err(|e| RemoteError::Tls(format!("data connection: {e}")))?;
-    let mut stream = StreamOwned::new(conn, Wire::data(sock, Arc::clone(flights), READ_BUFFER));
-    while stream.conn.wants_write() {
-        stream.conn.write_tls(&mut stream.sock).map_err(|e| io_error(e, "data connection TLS"))?;
-    }
-    Ok(stream)
+) -> Result<DataTls, RemoteError> {
+    DataTls::start(sock, Arc::clone(config), name.clone(), Arc::clone(flights), READ_BUFFER)
+        .map_err(|e| io_error(e, "data connection TLS"))
 }
 
 /// Completes a data connection's handshake (the server answers the ClientHello once its
 /// transfer command arrived).
-pub(crate) fn finish_tls(stream: &mut TlsWire) -> Result<(), RemoteError> {
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock).map_err(|e| io_error(e, "data connection TLS"))?;
-    }
-    Ok(())
+pub(crate) fn finish_tls(stream: &mut DataTls) -> Result<(), RemoteError> {
+    stream.finish_handshake().map_err(|e| io_error(e, "data connection TLS"))
 }
 
 /// A data connection error as a timeout when its deadline shut the socket down.
@@ -130,9 +123,8 @@ pub(crate) fn timed_out(e: RemoteError, deadline: &Option<super::watchdog::Armed
 }
 
 /// Ends TLS politely (close_notify) and closes the socket.
-pub(crate) fn close_tls(mut stream: TlsWire) {
-    stream.conn.send_close_notify();
-    let _ = stream.conn.write_tls(&mut stream.sock);
+pub(crate) fn close_tls(stream: DataTls) {
+    stream.close();
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 mod conn;
 mod control;
 mod data;
+mod datatls;
 mod login;
 mod lookup;
 mod pool;

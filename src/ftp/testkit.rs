@@ -144,16 +144,21 @@ impl Drop for ScriptServer {
     }
 }
 
+/// The test server's TLS settings (rustls's defaults: TLS 1.3 and 1.2).
+pub(super) fn server_config() -> Arc<ServerConfig> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = vec![CertificateDer::from_pem_slice(CERT_PEM.as_bytes()).expect("cert")];
+    let key = PrivateKeyDer::from_pem_slice(KEY_PEM.as_bytes()).expect("key");
+    Arc::new(ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).expect("config"))
+}
+
 /// Starts a server that logs clients in (offering MLST when `mlst`), hands every other
 /// command to `handler`, and answers the rest like a plain FTP server.
 pub(super) fn serve<H>(mlst: bool, mut handler: H) -> ScriptServer
 where
     H: FnMut(&str, &mut Session) -> Answer + Send + 'static,
 {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs = vec![CertificateDer::from_pem_slice(CERT_PEM.as_bytes()).expect("cert")];
-    let key = PrivateKeyDer::from_pem_slice(KEY_PEM.as_bytes()).expect("key");
-    let config = Arc::new(ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).expect("config"));
+    let config = server_config();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = Arc::new(AtomicBool::new(false));

@@ -128,7 +128,7 @@ pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, RemoteError
     ServerName::try_from(host.to_string()).map_err(|e| RemoteError::Tls(format!("bad server name {host:?}: {e}")))
 }
 
-/// A TLS stream over a counted socket: the control connection, and every data connection.
+/// A TLS stream over a counted socket: the control connection (data connections are `DataTls`).
 pub(crate) type TlsWire = StreamOwned<ClientConnection, Wire>;
 
 /// The login's deadline, disarmed by the caller once logged in.

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use super::conn::Owes;
 use super::control::{Reply, io_error};
 use super::data::{self, timed_out};
+use super::datatls::DataTls;
 use super::login::remaining;
 use super::pool::Lease;
-use super::tls::TlsWire;
 use super::watchdog;
 use super::wire::{
     bytes_received, clamp_window, limit_receive_buffer, max_receive_buffer, received_unread, reset_on_close, tcp_info,
@@ -357,8 +357,8 @@ fn announced_size(reply: &str) -> Option<u64> {
 }
 
 /// Adds what crossed the link on a data connection (TCP's count) to `link_bytes`.
-fn count_link_bytes(stream: &TlsWire, stats: &Stats) {
-    if let Some(n) = bytes_received(stream.sock.socket()) {
+fn count_link_bytes(stream: &DataTls, stats: &Stats) {
+    if let Some(n) = bytes_received(stream.socket()) {
         Stats::add(&stats.link_bytes, n);
     }
 }
@@ -391,7 +391,7 @@ impl Progress {
 /// One ranged transfer in progress.
 pub(crate) struct FtpsReader {
     lease: Lease,
-    stream: Option<TlsWire>,
+    stream: Option<DataTls>,
     /// Where the transfer began (`REST`).
     start: u64,
     position: u64,
@@ -417,11 +417,12 @@ impl FtpsReader {
         e
     }
 
-    /// TLS bytes that have arrived and that no read has taken yet: in the kernel's receive
-    /// queue and in our socket buffer.
-    fn queued(stream: &TlsWire) -> Option<u64> {
-        let unread = received_unread(stream.sock.socket()).ok()?;
-        Some((unread + stream.sock.buffered()) as u64)
+    /// Bytes that have arrived and that no read has taken yet: in the kernel's receive queue,
+    /// and in the data connection's buffer (TLS records, or a record's plaintext that did not
+    /// fit the last read).
+    fn queued(stream: &DataTls) -> Option<u64> {
+        let unread = received_unread(stream.socket()).ok()?;
+        Some((unread + stream.buffered()) as u64)
     }
 
     /// Narrows the TCP window as a run nears its planned end, so that the server sends the
@@ -429,8 +430,8 @@ impl FtpsReader {
     /// the end crosses the link only to be thrown away when the transfer is closed there. At a
     /// high rate with a reader that lags, that was most of a receive buffer (several MiB) per
     /// stripe end. The window keeps room for every byte still wanted, so the sender is never
-    /// held back by it; TLS framing is counted at its most (see `RECORD_OVERHEAD`) and what
-    /// rustls holds is not counted, so the window errs on the large side.
+    /// held back by it; TLS framing is counted at its most (see `RECORD_OVERHEAD`), so the
+    /// window errs on the large side.
     fn narrow_window(&mut self) {
         let (Some(end), Some(stream)) = (self.planned_end, self.stream.as_ref()) else { return };
         let left = end.saturating_sub(self.position);
@@ -450,7 +451,7 @@ impl FtpsReader {
             log::debug!("narrowing the window {left} bytes before a run's end at {end}: {window} bytes");
         }
         log::trace!("window {window} at {} ({left} left, {queued} queued)", self.position);
-        if let Err(e) = clamp_window(stream.sock.socket(), usize::try_from(window).unwrap_or(usize::MAX)) {
+        if let Err(e) = clamp_window(stream.socket(), usize::try_from(window).unwrap_or(usize::MAX)) {
             log::debug!("cannot clamp the window: {e}");
             self.planned_end = None;
             return;
@@ -467,8 +468,7 @@ impl FtpsReader {
             // What the narrowing left to waste, for `-vv` logs.
             let queued = Self::queued(&stream).unwrap_or(0);
             // Packets out of order mean a loss on the way or a drop here: none are expected.
-            let (window, disorder) =
-                tcp_info(stream.sock.socket()).map_or((0, 0), |i| (i.tcpi_rcv_wnd, i.tcpi_rcv_ooopack));
+            let (window, disorder) = tcp_info(stream.socket()).map_or((0, 0), |i| (i.tcpi_rcv_wnd, i.tcpi_rcv_ooopack));
             log::debug!(
                 "run closed at its planned end {end}: {queued} bytes queued, window {window}, \
                  {disorder} packets out of order"
@@ -477,7 +477,7 @@ impl FtpsReader {
         count_link_bytes(&stream, &self.stats);
         let Ok(conn) = self.lease.conn() else { return };
         if self.failed {
-            reset_on_close(stream.sock.socket());
+            reset_on_close(stream.socket());
             conn.control.set_broken();
         } else if self.ended || self.position >= self.size {
             conn.owes = Owes::Finish(Box::new(stream));
@@ -553,7 +553,7 @@ impl RangeReader for FtpsReader {
         let queued = Self::queued(stream)?;
         // 0 from a kernel too old to report the window, or a closed one that may reopen:
         // count the largest window there can be.
-        let info = tcp_info(stream.sock.socket())?;
+        let info = tcp_info(stream.socket())?;
         let window = match u64::from(info.tcpi_rcv_wnd) {
             0 => max_receive_buffer(),
             w => w,

@@ -1,4 +1,4 @@
-//! Sockets as the FTP layer uses them: counted round trips, large reads, connects that do not
+//! Sockets as the FTP layer uses them: counted round trips, connects that do not
 //! block, receive-buffer sizing and window clamping, liveness probes.
 //!
 //! A round trip is counted each time the client has sent something (a command, a TLS flight,
@@ -72,56 +72,28 @@ impl Flights {
     }
 }
 
-/// A TCP socket whose reads and writes are counted in `Flights`, with an optional read buffer
-/// so that TLS, which asks for a few KiB at a time, costs one system call per large chunk.
+/// A TCP socket whose reads and writes are counted in `Flights`: the control connection under
+/// rustls's buffered stream. Data connections have their own receive buffer (`DataTls`).
 #[derive(Debug)]
 pub(crate) struct Wire {
     sock: TcpStream,
     flights: Arc<Flights>,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
 }
 
 impl Wire {
-    /// A control socket: replies are small, no read buffer.
     pub(crate) fn control(sock: TcpStream, flights: Arc<Flights>) -> Wire {
-        Wire { sock, flights, buf: Box::new([]), start: 0, end: 0 }
-    }
-
-    /// A data socket with a read buffer of `buffer` bytes.
-    pub(crate) fn data(sock: TcpStream, flights: Arc<Flights>, buffer: usize) -> Wire {
-        Wire { sock, flights, buf: vec![0; buffer].into_boxed_slice(), start: 0, end: 0 }
+        Wire { sock, flights }
     }
 
     pub(crate) fn socket(&self) -> &TcpStream {
         &self.sock
     }
-
-    /// Bytes read from the socket that no caller has taken yet.
-    pub(crate) fn buffered(&self) -> usize {
-        self.end - self.start
-    }
 }
 
 impl Read for Wire {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.start < self.end {
-            let n = out.len().min(self.end - self.start);
-            out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
-            self.start += n;
-            return Ok(n);
-        }
         self.flights.waiting();
-        if out.len() >= self.buf.len() {
-            return self.sock.read(out);
-        }
-        let n = self.sock.read(&mut self.buf)?;
-        let give = n.min(out.len());
-        out[..give].copy_from_slice(&self.buf[..give]);
-        self.start = give;
-        self.end = n;
-        Ok(give)
+        self.sock.read(out)
     }
 }
 
@@ -322,26 +294,6 @@ mod tests {
         flights.waiting();
         assert_eq!(stats.round_trips.load(Ordering::Relaxed), 0);
         assert_eq!(stats.background_round_trips.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn a_buffered_wire_hands_out_large_reads_in_small_pieces_in_order() {
-        let stats = Arc::new(Stats::default());
-        let (client, mut server) = pair();
-        let mut wire = Wire::data(client, Flights::new(stats), 64 * 1024);
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let sent = data.clone();
-        let writer = std::thread::spawn(move || server.write_all(&sent));
-        let mut got = vec![0u8; data.len()];
-        let mut at = 0;
-        while at < got.len() {
-            let end = (at + 4096).min(got.len());
-            let n = wire.read(&mut got[at..end]).expect("read");
-            assert!(n > 0);
-            at += n;
-        }
-        writer.join().expect("join").expect("write");
-        assert_eq!(got, data);
     }
 
     #[test]
