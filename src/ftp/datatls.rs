@@ -9,6 +9,10 @@
 //! each record's plaintext in: one copy and one `memmove` of a partial record per buffer fill
 //! fewer.
 //!
+//! Once a TLS 1.3 handshake is done, rustls hands over the keys and `records.rs` decrypts each
+//! record in place: straight in the caller's buffer when that holds whole records (a block
+//! being filled), so a file byte is copied once, by the kernel, from the socket to its block.
+//!
 //! Round trips are counted as `Wire` counts them (see `wire.rs`): every write marks a flight
 //! sent, and a read from the socket (never one served from the buffer) waits for its answer.
 //!
@@ -24,6 +28,7 @@ use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
 use rustls::unbuffered::{ConnectionState, EncodeError};
 
+use super::records::{self, Content, Records};
 use super::wire::Flights;
 
 /// Largest TLS record on the wire: 16 KiB of plaintext, and at most 2 KiB of expansion
@@ -32,7 +37,13 @@ const MAX_RECORD: usize = 16 * 1024 + 2048 + 5;
 
 /// A TLS client on a data connection.
 pub(crate) struct DataTls {
-    conn: UnbufferedClientConnection,
+    /// rustls: the handshake, and every record of a TLS 1.2 connection. `None` once `records`
+    /// has taken over.
+    conn: Option<UnbufferedClientConnection>,
+    /// The record layer of a TLS 1.3 connection after its handshake.
+    records: Option<Records>,
+    /// New or resumed, once the handshake is done.
+    kind: Option<rustls::HandshakeKind>,
     sock: TcpStream,
     flights: Arc<Flights>,
     /// TLS bytes received and not yet consumed by rustls: `buf[start..end]`. Whole records
@@ -84,7 +95,9 @@ impl DataTls {
     ) -> io::Result<DataTls> {
         let conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
         let mut tls = DataTls {
-            conn,
+            conn: Some(conn),
+            records: None,
+            kind: None,
             sock,
             flights,
             buf: vec![0; buffer.max(2 * MAX_RECORD)].into_boxed_slice(),
@@ -110,7 +123,10 @@ impl DataTls {
                 Event::NeedBytes { established: false } => {
                     self.receive_or_eof("the server closed the data connection during the TLS handshake")?
                 }
-                Event::NeedBytes { established: true } | Event::Plain(_) => return Ok(()),
+                Event::NeedBytes { established: true } => return self.take_over(),
+                // Plaintext came with the handshake (never seen under TLS 1.3, where servers
+                // send data only after the client's Finished): rustls keeps the records.
+                Event::Plain(_) => return Ok(()),
                 Event::PeerClosed => {
                     self.peer_closed = true;
                     return Ok(());
@@ -128,11 +144,33 @@ impl DataTls {
         (self.end - self.start) + (self.spill.len() - self.taken)
     }
 
+    /// Under TLS 1.3, hands the records over to `records.rs` (see the module header).
+    fn take_over(&mut self) -> io::Result<()> {
+        let Some(conn) = self.conn.take() else { return Ok(()) };
+        self.kind = conn.handshake_kind();
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            self.conn = Some(conn);
+            return Ok(());
+        }
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+        self.records = Some(Records::new(secrets, kernel)?);
+        log::trace!("data connection: TLS 1.3 ({:?} handshake), records opened by mastfs", self.kind);
+        Ok(())
+    }
+
     /// Ends TLS politely (close_notify) and closes the socket.
     pub(crate) fn close(mut self) {
+        if let Some(records) = self.records.as_mut() {
+            if let Ok(alert) = records.close_notify() {
+                self.flights.sent();
+                let _ = self.sock.write_all(&alert);
+            }
+            return;
+        }
         // A bounded number of steps: records still buffered are passed over on the way.
         for _ in 0..64 {
             let DataTls { conn, sock, flights, buf, start, end, .. } = &mut self;
+            let Some(conn) = conn.as_mut() else { return };
             let status = conn.process_tls_records(&mut buf[*start..*end]);
             let mut discard = status.discard;
             match status.state {
@@ -160,6 +198,9 @@ impl DataTls {
     fn advance(&mut self, out: &mut [u8]) -> io::Result<Event> {
         loop {
             let DataTls { conn, sock, flights, buf, start, end, spill, taken, outgoing, .. } = self;
+            let Some(conn) = conn.as_mut() else {
+                return Err(io::Error::other("TLS records after rustls handed them over"));
+            };
             let status = conn.process_tls_records(&mut buf[*start..*end]);
             let mut discard = status.discard;
             let event = match status.state.map_err(tls_error)? {
@@ -242,6 +283,124 @@ impl DataTls {
     }
 }
 
+impl DataTls {
+    /// `read` once `records` has taken over. A buffer that holds whole records (a block being
+    /// filled) gets the socket's bytes straight in and the plaintext packed at its front; a
+    /// small one is served from `buf`.
+    fn read_records(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.open_buffered(out)?;
+            if n > 0 || self.peer_closed {
+                return Ok(n);
+            }
+            // At most part of a record is buffered now.
+            if out.len() >= 2 * MAX_RECORD {
+                let n = self.receive_into(out)?;
+                if n > 0 || self.peer_closed {
+                    return Ok(n);
+                }
+            } else {
+                self.receive_or_eof("the server closed the data connection without TLS close_notify")?;
+            }
+        }
+    }
+
+    /// Opens the whole records buffered in `buf` and copies their plaintext into `out`; what
+    /// does not fit waits in `spill` (empty here: `read` serves it first). Stops once `out`
+    /// is full.
+    fn open_buffered(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let DataTls { records, buf, start, end, spill, taken, peer_closed, .. } = self;
+        let Some(records) = records.as_mut() else { return Ok(0) };
+        let mut n = 0;
+        while n < out.len() && !*peer_closed {
+            let Some(len) = Records::record_len(&buf[*start..*end])? else { break };
+            if *end - *start < len {
+                break;
+            }
+            let record = &mut buf[*start..*start + len];
+            *start += len;
+            match records.open(record)? {
+                Content::Data(k) => {
+                    let plain = &record[records::HEADER..records::HEADER + k];
+                    let fit = k.min(out.len() - n);
+                    out[n..n + fit].copy_from_slice(&plain[..fit]);
+                    n += fit;
+                    if fit < k {
+                        spill.clear();
+                        *taken = 0;
+                        spill.extend_from_slice(&plain[fit..]);
+                    }
+                }
+                Content::Nothing => {}
+                Content::Closed => *peer_closed = true,
+            }
+        }
+        if *start == *end {
+            *start = 0;
+            *end = 0;
+        }
+        Ok(n)
+    }
+
+    /// Receives into `out`, after the partial record `buf` held (moved there first), opens
+    /// every whole record in place and packs their plaintext at the front of `out`. A partial
+    /// record left at the end goes back to `buf`.
+    fn receive_into(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let kept = self.end - self.start;
+        out[..kept].copy_from_slice(&self.buf[self.start..self.end]);
+        self.start = 0;
+        self.end = 0;
+        self.flights.waiting();
+        let got = loop {
+            match self.sock.read(&mut out[kept..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let got = match got {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the data connection without TLS close_notify",
+            )),
+            other => other,
+        };
+        let got = match got {
+            Ok(got) => got,
+            Err(e) => {
+                // The partial record stays buffered, as it was.
+                self.buf[..kept].copy_from_slice(&out[..kept]);
+                self.end = kept;
+                return Err(e);
+            }
+        };
+        let filled = kept + got;
+        let DataTls { records, buf, end, peer_closed, .. } = self;
+        let Some(records) = records.as_mut() else { return Ok(0) };
+        let (mut at, mut packed) = (0, 0);
+        while !*peer_closed {
+            let Some(len) = Records::record_len(&out[at..filled])? else { break };
+            if filled - at < len {
+                break;
+            }
+            match records.open(&mut out[at..at + len])? {
+                Content::Data(k) => {
+                    out.copy_within(at + records::HEADER..at + records::HEADER + k, packed);
+                    packed += k;
+                }
+                Content::Nothing => {}
+                Content::Closed => *peer_closed = true,
+            }
+            at += len;
+        }
+        if !*peer_closed {
+            let rest = filled - at;
+            buf[..rest].copy_from_slice(&out[at..filled]);
+            *end = rest;
+        }
+        Ok(packed)
+    }
+}
+
 impl Read for DataTls {
     /// Fills `out` with the plaintext of as many records as are buffered, waiting on the
     /// network only when none is. Returns 0 after the server's close_notify, and an
@@ -258,6 +417,9 @@ impl Read for DataTls {
         }
         if self.peer_closed {
             return Ok(0);
+        }
+        if self.records.is_some() {
+            return self.read_records(out);
         }
         let mut n = 0;
         loop {
@@ -307,9 +469,20 @@ mod tests {
     /// the TLS bytes out in `piece`-byte writes so records arrive split across reads. It
     /// returns whether it saw the client's close_notify.
     fn server(payload: Vec<u8>, piece: usize, end: End) -> (TcpStream, std::thread::JoinHandle<bool>) {
+        server_with(payload, piece, end, None, crate::ftp::testkit::server_config())
+    }
+
+    /// `server`, with the TLS byte at `corrupt` (counted from the first byte after the
+    /// handshake) flipped, and the given server config.
+    fn server_with(
+        payload: Vec<u8>,
+        piece: usize,
+        end: End,
+        corrupt: Option<usize>,
+        config: Arc<rustls::ServerConfig>,
+    ) -> (TcpStream, std::thread::JoinHandle<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let config = crate::ftp::testkit::server_config();
         let thread = std::thread::spawn(move || {
             let (mut sock, _) = listener.accept().expect("accept");
             sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -328,6 +501,9 @@ mod tests {
             let mut wire = Vec::new();
             while tls.wants_write() {
                 tls.write_tls(&mut wire).expect("encode");
+            }
+            if let Some(at) = corrupt {
+                wire[at] ^= 0x40;
             }
             for piece in wire.chunks(piece) {
                 sock.write_all(piece).expect("send");
@@ -431,5 +607,74 @@ mod tests {
         assert!([&first[..], &rest[..]].concat() == payload);
         tls.close();
         let _ = server.join();
+    }
+
+    #[test]
+    fn under_tls13_mastfs_opens_the_records_itself_and_keeps_the_session_tickets_for_the_next_connection() {
+        let config =
+            Arc::new(base_config(&TlsOptions { ca_file: None, insecure: true, tls12_only: false }).expect("config"));
+        let server_config = crate::ftp::testkit::server_config();
+        for round in 0..2 {
+            let payload = data(250_000 + round);
+            let (sock, server) = server_with(payload.clone(), 9000, End::CloseNotify, None, Arc::clone(&server_config));
+            sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let stats = Arc::new(Stats::default());
+            let name = ServerName::try_from("localhost").expect("name");
+            let mut tls =
+                DataTls::start(sock, Arc::clone(&config), name, Flights::new(stats), 64 * 1024).expect("start");
+            tls.finish_handshake().expect("handshake");
+            assert!(tls.records.is_some(), "round {round}: TLS 1.3 records are opened by records.rs");
+            let resumed = tls.kind == Some(rustls::HandshakeKind::Resumed);
+            // The first connection is new; the second resumes with a ticket the first one
+            // received after its handshake, through records.rs.
+            assert_eq!(resumed, round == 1, "round {round}");
+            let (got, end) = read_all(&mut tls);
+            assert_eq!(end.expect("a clean end"), 0);
+            assert!(got == payload, "round {round}: {} bytes of {}", got.len(), payload.len());
+            tls.close();
+            assert!(server.join().expect("server"), "the server sees the client's close_notify");
+        }
+    }
+
+    #[test]
+    fn under_tls12_rustls_keeps_the_records() {
+        let payload = data(70_000);
+        let (sock, server) = server(payload.clone(), 64 * 1024, End::CloseNotify);
+        let stats = Arc::new(Stats::default());
+        let mut tls = client_of(sock, &stats, true);
+        assert!(tls.records.is_none());
+        let (got, end) = read_all(&mut tls);
+        end.expect("a clean end");
+        assert!(got == payload);
+        tls.close();
+        assert!(server.join().expect("server"));
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_and_no_byte_of_it_or_after_it_is_read() {
+        for (corrupt, read) in [(20_000, 100_000), (70_000, 100_000), (20_000, 1000)] {
+            let payload = data(200_000);
+            let config = crate::ftp::testkit::server_config();
+            let (sock, server) = server_with(payload.clone(), 4096, End::CloseNotify, Some(corrupt), config);
+            let stats = Arc::new(Stats::default());
+            let mut tls = client(sock, &stats);
+            assert!(tls.records.is_some());
+            let mut got = Vec::new();
+            let err = loop {
+                let mut buf = vec![0u8; read];
+                match tls.read(&mut buf) {
+                    Ok(0) => panic!("the stream ended cleanly despite a damaged record"),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            assert!(err.to_string().contains("authentication"), "{err}");
+            // Every byte read is the file's, and the damaged record's bytes are not among them.
+            assert!(got == payload[..got.len()], "read with {read}-byte buffers");
+            assert!(got.len() < corrupt, "{} bytes read, damage at TLS byte {corrupt}", got.len());
+            drop(tls);
+            let _ = server.join();
+        }
     }
 }

@@ -24,6 +24,7 @@ mod login;
 mod lookup;
 mod pool;
 pub mod probe;
+mod records;
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]

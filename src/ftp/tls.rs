@@ -47,7 +47,10 @@ pub fn base_config(opts: &TlsOptions) -> Result<ClientConfig, RemoteError> {
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| RemoteError::Tls(format!("TLS setup: {e}")))?;
-    Ok(builder.dangerous().with_custom_certificate_verifier(verifier(opts)?).with_no_client_auth())
+    let mut config = builder.dangerous().with_custom_certificate_verifier(verifier(opts)?).with_no_client_auth();
+    // Data connections decrypt their own records once the handshake is done (`records.rs`).
+    config.enable_secret_extraction = true;
+    Ok(config)
 }
 
 /// How a server's certificate is checked: against `--ca-file` or the system's roots, or not
