@@ -1,17 +1,16 @@
-//! TLS on a data connection: rustls's unbuffered client API over a receive buffer we own.
+//! TLS on a data connection: rustls's unbuffered client API for the handshake, over a receive
+//! buffer we own, then (under TLS 1.3) our own record layer.
 //!
 //! Data connections carry the bytes of every transfer, so their TLS is on the path of each
-//! byte. rustls's buffered API (`StreamOwned`, still used for the control connection) copied
+//! byte. rustls's buffered API (`StreamOwned`, still used for the control connection) copies
 //! each byte three times after the kernel: from our socket buffer into its own, 4 KiB at a
 //! time, from the decrypted record into a new `Vec`, and from that into the caller's buffer.
-//! Here the socket is read straight into `buf`, rustls decrypts each record in place there,
-//! and the plaintext is copied into the caller's buffer from the `Vec` rustls 0.23 still puts
-//! each record's plaintext in: one copy and one `memmove` of a partial record per buffer fill
-//! fewer.
-//!
-//! Once a TLS 1.3 handshake is done, rustls hands over the keys and `records.rs` decrypts each
-//! record in place: straight in the caller's buffer when that holds whole records (a block
-//! being filled), so a file byte is copied once, by the kernel, from the socket to its block.
+//! Its unbuffered API, used here, saves the first copy but not the others: rustls 0.23 still
+//! puts each record's plaintext in a `Vec` of its own. So once a TLS 1.3 handshake is done,
+//! rustls hands over the keys and `records.rs` decrypts each record in place: straight in the
+//! caller's buffer when that holds whole records (a block being filled), so a file byte is
+//! copied once, by the kernel, from the socket to its block. TLS 1.2 connections stay on
+//! rustls's unbuffered reads.
 //!
 //! Round trips are counted as `Wire` counts them (see `wire.rs`): every write marks a flight
 //! sent, and a read from the socket (never one served from the buffer) waits for its answer.
