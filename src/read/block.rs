@@ -260,13 +260,26 @@ impl ClaimGuard<'_> {
     }
 
     /// The first `n` bytes were written: they become readable and the claim ends.
-    pub(crate) fn commit(self, n: usize) {
+    pub(crate) fn commit(mut self, n: usize) {
         let n = n.min(self.range.len());
+        // Checksummed here, while the bytes just written are in the CPU's cache: the cache
+        // writer, which stores the block later, would read them back from memory for it.
+        let mut sum = crc32fast::Hasher::new();
+        sum.update(&self.slice()[..n]);
+        let start = self.range.start;
         let mut st = self.block.state.lock();
         st.claimed.remove(self.range.clone());
         if n > 0 {
-            st.filled.insert(self.range.start..self.range.start + n);
+            st.filled.insert(start..start + n);
             st.dirty = true;
+            match &mut st.sum {
+                Some((r, run)) if r.end == start => {
+                    run.combine(&sum);
+                    r.end = start + n;
+                }
+                Some(_) => {}
+                None => st.sum = Some((start..start + n, sum)),
+            }
         }
         drop(st);
         self.block.changed.notify_all();
@@ -281,6 +294,14 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
+/// The CRC32 of `len` bytes of a block from `start`, computed as they were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sum {
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+    pub(crate) crc: u32,
+}
+
 pub(crate) struct BlockState {
     pub(crate) filled: RangeSet,
     claimed: RangeSet,
@@ -288,6 +309,10 @@ pub(crate) struct BlockState {
     pub(crate) loading: bool,
     /// Filled bytes the disk cache has not been given yet.
     dirty: bool,
+    /// The CRC32 of one run of bytes committed back to back (the first run's; later runs
+    /// elsewhere in the block are not summed): the disk cache's checksum of that extent when
+    /// the run is a whole extent.
+    sum: Option<(Range<usize>, crc32fast::Hasher)>,
     /// In the cache writer's queue.
     queued: bool,
 }
@@ -317,6 +342,7 @@ impl Block {
                 loading,
                 dirty: false,
                 queued: false,
+                sum: None,
             }),
             changed: Condvar::new(),
         }
@@ -422,12 +448,14 @@ impl Block {
         self.state.lock().queued = false;
     }
 
-    /// The writer's view: what is filled now. Bytes filled later make the block dirty again.
-    pub(crate) fn snapshot_for_disk(&self) -> RangeSet {
+    /// The writer's view: what is filled now, and the checksum of a run of it summed as it
+    /// was written (`Sum`). Bytes filled later make the block dirty again.
+    pub(crate) fn snapshot_for_disk(&self) -> (RangeSet, Option<Sum>) {
         let mut st = self.state.lock();
         st.queued = false;
         st.dirty = false;
-        st.filled.clone()
+        let sum = st.sum.as_ref().map(|(r, h)| Sum { start: r.start, len: r.len(), crc: h.clone().finalize() });
+        (st.filled.clone(), sum)
     }
 }
 
@@ -483,5 +511,24 @@ mod tests {
         assert_eq!(pool.in_use(), 2);
         drop((b, c));
         assert_eq!(pool.peak_in_use(), 2);
+    }
+
+    #[test]
+    fn bytes_committed_back_to_back_are_summed_as_written_and_a_run_elsewhere_is_not() {
+        let pool = Pool::new(1, 100);
+        let block = Block::new(pool.take().expect("buffer"), 100, false);
+        let bytes: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37)).collect();
+        for (at, n) in [(10, 5), (15, 30), (45, 20)] {
+            let Claim::Free(mut c) = block.claim(at, 100) else { panic!("free at {at}") };
+            c.slice()[..n].copy_from_slice(&bytes[at..at + n]);
+            c.commit(n);
+        }
+        // Not adjacent to the run: filled, but the run's sum stays that of 10..65.
+        let Claim::Free(mut c) = block.claim(80, 100) else { panic!("free at 80") };
+        c.slice()[..10].copy_from_slice(&bytes[80..90]);
+        c.commit(10);
+        let (filled, sum) = block.snapshot_for_disk();
+        assert_eq!(filled.ranges(), &[10..65, 80..90]);
+        assert_eq!(sum, Some(Sum { start: 10, len: 55, crc: crc32fast::hash(&bytes[10..65]) }));
     }
 }

@@ -53,7 +53,7 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 use super::BLOCK_SIZE;
-use super::block::RangeSet;
+use super::block::{RangeSet, Sum};
 use crate::cache_admin::{ClearWatch, Verdict};
 
 /// Version of the `FileId::key` encoding. Changing it orphans all existing blocks (they age out by LRU).
@@ -359,6 +359,12 @@ impl BlockCache {
         }
     }
 
+    /// `put_summed` without a known checksum: how tests store blocks.
+    #[cfg(test)]
+    pub(crate) fn put(&self, id: &FileId, index: u64, extents: &[(usize, &[u8])]) -> io::Result<()> {
+        self.put_summed(id, index, extents, None)
+    }
+
     /// Stores a block, whole or in parts: `extents` are (offset in the block, bytes), sorted,
     /// disjoint, non-empty and inside the block's length as `id.size` implies. Atomic: a temp
     /// file (0600) in the same directory, renamed over the old one (no fsync: a torn write is
@@ -366,7 +372,17 @@ impl BlockCache {
     /// capacity. Errors (disk full, read-only dir) are returned so the caller can warn and
     /// carry on uncached; they leave no partial files behind. A block larger than the whole
     /// capacity is silently not stored.
-    pub(crate) fn put(&self, id: &FileId, index: u64, extents: &[(usize, &[u8])]) -> io::Result<()> {
+    ///
+    /// `known` is the CRC32 of one extent, computed as its bytes were written (`Sum`): used for
+    /// the extent it names exactly, ignored otherwise. A wrong one would only make the block
+    /// fail its check when read, never serve wrong bytes.
+    pub(crate) fn put_summed(
+        &self,
+        id: &FileId,
+        index: u64,
+        extents: &[(usize, &[u8])],
+        known: Option<Sum>,
+    ) -> io::Result<()> {
         let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
         let len = block_len(id.size, index)
             .ok_or_else(|| invalid(format!("block {index} is beyond the end of a {}-byte file", id.size)))?;
@@ -399,7 +415,7 @@ impl BlockCache {
         };
         self.remove_victims(victims);
 
-        let result = self.write_block(id, &key, index, len, extents);
+        let result = self.write_block(id, &key, index, len, extents, known);
 
         let victims = {
             let mut ix = self.lock();
@@ -504,11 +520,22 @@ impl BlockCache {
         index: u64,
         len: u64,
         extents: &[(usize, &[u8])],
+        known: Option<Sum>,
     ) -> io::Result<()> {
         let dir = self.file_dir(key);
         let path = self.block_path(key, index);
-        // Each extent's checksum once: it is a pass over the bytes, as long as writing them.
-        let table: Vec<u8> = extents.iter().flat_map(|(start, bytes)| encode_extent(*start, bytes)).collect();
+        // Each extent's checksum once: it is a pass over the bytes, as long as writing them,
+        // unless it was computed as they were written.
+        let table: Vec<u8> = extents
+            .iter()
+            .flat_map(|&(start, bytes)| {
+                let crc = match known {
+                    Some(k) if k.start == start && k.len == bytes.len() => k.crc,
+                    _ => crc32fast::hash(bytes),
+                };
+                encode_extent(start, bytes.len(), crc)
+            })
+            .collect();
         let mut head = Vec::with_capacity(HEADER_LEN + table.len());
         head.extend_from_slice(&encode_header(key, index, len, extents.len(), &table));
         head.extend_from_slice(&table);
@@ -647,11 +674,11 @@ fn encode_header(key: &[u8; 32], index: u64, len: u64, count: usize, table: &[u8
     h
 }
 
-fn encode_extent(start: usize, bytes: &[u8]) -> [u8; EXTENT_LEN] {
+fn encode_extent(start: usize, len: usize, crc: u32) -> [u8; EXTENT_LEN] {
     let mut e = [0u8; EXTENT_LEN];
     e[0..4].copy_from_slice(&(start as u32).to_le_bytes());
-    e[4..8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-    e[8..12].copy_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+    e[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    e[8..12].copy_from_slice(&crc.to_le_bytes());
     e
 }
 
@@ -1141,6 +1168,25 @@ mod tests {
         let s = cache.stats();
         assert_eq!((s.hits, s.misses, s.blocks), (2, 0, 2));
         assert_eq!(s.bytes_used, 2 * H + BLOCK_SIZE + 2880);
+    }
+
+    #[test]
+    fn a_checksum_computed_as_the_bytes_were_written_is_stored_for_its_extent_and_a_wrong_one_is_caught() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = BlockCache::open(dir.path(), 10 * BLOCK_SIZE).expect("open");
+        let f = id("/a.fits", 3 * BLOCK_SIZE);
+        let bytes = content(&f, 0);
+        let right = Sum { start: 0, len: bytes.len(), crc: crc32fast::hash(&bytes) };
+        cache.put_summed(&f, 0, &[(0, &bytes)], Some(right)).expect("put");
+        assert_eq!(cache.get(&f, 0), Some(bytes.clone()));
+        // A sum of another range is not used for this extent.
+        let elsewhere = Sum { start: 1, len: 10, crc: 0 };
+        cache.put_summed(&f, 1, &[(0, &content(&f, 1))], Some(elsewhere)).expect("put");
+        assert_eq!(cache.get(&f, 1), Some(content(&f, 1)));
+        // A wrong sum for the extent makes the block fail its check: it is not served.
+        let wrong = Sum { crc: right.crc ^ 1, ..right };
+        cache.put_summed(&f, 2, &[(0, &content(&f, 2))], Some(wrong)).expect("put");
+        assert_eq!(cache.get(&f, 2), None);
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl Writer {
 
     fn write(&self, disk: &BlockCache, job: &Job, scratch: &mut Vec<u8>) {
         let block = &job.block;
-        let filled = block.snapshot_for_disk();
+        let (filled, sum) = block.snapshot_for_disk();
         if filled.is_empty() {
             return;
         }
@@ -242,7 +242,7 @@ impl Writer {
                 let extents: Vec<(usize, &[u8])> =
                     merged.ranges().iter().map(|r| (r.start, &merge[r.clone()])).collect();
                 if extents.len() <= MAX_EXTENTS {
-                    self.finish(disk.put(&job.file.id, job.index, &extents));
+                    self.finish(disk.put_summed(&job.file.id, job.index, &extents, sum));
                 }
                 return;
             }
@@ -250,7 +250,7 @@ impl Writer {
         let extents: Vec<(usize, &[u8])> =
             filled.ranges().iter().map(|r| (r.start, block.filled_bytes(r.clone()))).collect();
         if extents.len() <= MAX_EXTENTS {
-            self.finish(disk.put(&job.file.id, job.index, &extents));
+            self.finish(disk.put_summed(&job.file.id, job.index, &extents, sum));
         }
     }
 
