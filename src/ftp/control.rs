@@ -317,6 +317,9 @@ pub(crate) fn io_error(e: io::Error, what: &str) -> RemoteError {
     if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         return RemoteError::Tls(format!("{what}: {tls}"));
     }
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<super::records::RecordError>()) {
+        return RemoteError::Tls(format!("{what}: {tls}"));
+    }
     RemoteError::io(&e, what)
 }
 

@@ -669,6 +669,9 @@ mod tests {
             };
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
             assert!(err.to_string().contains("authentication"), "{err}");
+            // A TLS failure, as rustls's own would be: not retried as a broken connection.
+            let kind = crate::ftp::control::io_error(err, "data connection");
+            assert!(matches!(kind, crate::error::RemoteError::Tls(_)), "{kind:?}");
             // Every byte read is the file's, and the damaged record's bytes are not among them.
             assert!(got == payload[..got.len()], "read with {read}-byte buffers");
             assert!(got.len() < corrupt, "{} bytes read, damage at TLS byte {corrupt}", got.len());

@@ -206,6 +206,12 @@ impl Records {
     }
 }
 
+/// A failure of the record layer: `control::io_error` reports it as a TLS error, as it does
+/// rustls's own, so it keeps that kind up to the errno.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RecordError(String);
+
 fn invalid(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
+    io::Error::new(io::ErrorKind::InvalidData, RecordError(what))
 }
