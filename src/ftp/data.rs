@@ -1,6 +1,6 @@
 //! Data connections: opened ahead of use (`PASV` answered, TCP connected), secured with TLS
-//! that resumes the control connection's session, and read through a large buffer
-//! (`datatls.rs`).
+//! that resumes the control connection's session, and read through a buffer of their own or,
+//! under TLS 1.3, straight into the block being filled (`datatls.rs`, `records.rs`).
 //!
 //! Threads: a data connection belongs to its control connection and is used by whichever
 //! thread holds that (a request, or the pool's arming job).
