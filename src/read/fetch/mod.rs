@@ -574,9 +574,12 @@ impl Fetcher {
         while pos < limit {
             let index = pos / BLOCK_SIZE;
             let base = index * BLOCK_SIZE;
-            let block = self.memory.peek(&(file.key, index))?;
+            // What is filled so far counts even when the next block is not in memory yet:
+            // returning nothing there made a read whose first block a stripe had just filled
+            // open a second transfer over those bytes (its own peek, fetching them twice).
+            let Some(block) = self.memory.peek(&(file.key, index)) else { break };
             let g = block.lock();
-            let r = g.filled.containing((pos - base) as usize)?;
+            let Some(r) = g.filled.containing((pos - base) as usize) else { break };
             pos = base + r.end as u64;
             if r.end < block.len() {
                 break;
