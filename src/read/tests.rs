@@ -837,3 +837,29 @@ fn a_fits_file_that_ends_after_its_primary_hdu_gets_no_prefetch() {
     until_quiet(&remote);
     assert_eq!((remote.opens(), stat(&stats.prefetches)), (1, 0));
 }
+
+#[test]
+fn a_read_whose_first_block_is_filled_to_its_end_fetches_only_from_the_next_block() {
+    let (remote, data) = one_file("/f", 3 * MIB, 41, 4);
+    let (rp, _) = read_path(&remote, None, config());
+    let f = rp.open(id(&remote, "/f"));
+    // A random read of exactly block 0: it is then in memory, filled to its end; block 1 is not.
+    assert!(*rp.read(&f, 0, MIB as u32).expect("read") == data[..MIB as usize]);
+    until_quiet(&remote);
+    assert_eq!(remote.transfers().len(), 1);
+    // The bytes from 512 KiB to the end of block 0 are there: only block 1 is fetched. (The
+    // check of what is filled once stopped at the missing block and counted nothing, and a
+    // second transfer fetched block 0's bytes again.)
+    let streams = rp.fetcher.ensure(&f.file, 512 * KIB, 2 * MIB);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while remote.transfers().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for s in &streams {
+        s.stop_waiting();
+    }
+    until_quiet(&remote);
+    let offsets: Vec<u64> = remote.transfers().iter().map(|t| t.offset).collect();
+    assert_eq!(offsets, vec![0, MIB], "{:?}", remote.transfers());
+    rp.release(&f);
+}
