@@ -77,6 +77,26 @@ enum Event {
     PeerClosed,
 }
 
+/// Plaintext a read had no room for, kept in `spill` (from `taken` on) for the next reads.
+fn keep_for_later(spill: &mut Vec<u8>, taken: &mut usize, rest: &[u8]) {
+    if *taken == spill.len() {
+        spill.clear();
+        *taken = 0;
+    }
+    spill.extend_from_slice(rest);
+}
+
+/// One read from the data socket, after counting the wait for it (see `wire.rs`).
+fn read_socket(sock: &mut TcpStream, flights: &Flights, into: &mut [u8]) -> io::Result<usize> {
+    flights.waiting();
+    loop {
+        match sock.read(into) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 fn tls_error(e: rustls::Error) -> io::Error {
     // `control::io_error` finds the rustls error inside and reports a TLS failure.
     io::Error::new(io::ErrorKind::InvalidData, e)
@@ -212,11 +232,7 @@ impl DataTls {
                         out[n..n + k].copy_from_slice(&record.payload[..k]);
                         n += k;
                         if k < record.payload.len() {
-                            if *taken == spill.len() {
-                                spill.clear();
-                                *taken = 0;
-                            }
-                            spill.extend_from_slice(&record.payload[k..]);
+                            keep_for_later(spill, taken, &record.payload[k..]);
                         }
                     }
                     Some(Event::Plain(n))
@@ -266,8 +282,7 @@ impl DataTls {
             self.end -= self.start;
             self.start = 0;
         }
-        self.flights.waiting();
-        let n = self.sock.read(&mut self.buf[self.end..])?;
+        let n = read_socket(&mut self.sock, &self.flights, &mut self.buf[self.end..])?;
         self.end += n;
         Ok(n)
     }
@@ -280,9 +295,7 @@ impl DataTls {
         }
         Ok(())
     }
-}
 
-impl DataTls {
     /// `read` once `records` has taken over. A buffer that holds whole records (a block being
     /// filled) gets the socket's bytes straight in and the plaintext packed at its front; a
     /// small one is served from `buf`.
@@ -325,9 +338,7 @@ impl DataTls {
                     out[n..n + fit].copy_from_slice(&plain[..fit]);
                     n += fit;
                     if fit < k {
-                        spill.clear();
-                        *taken = 0;
-                        spill.extend_from_slice(&plain[fit..]);
+                        keep_for_later(spill, taken, &plain[fit..]);
                     }
                 }
                 Content::Nothing => {}
@@ -349,14 +360,7 @@ impl DataTls {
         out[..kept].copy_from_slice(&self.buf[self.start..self.end]);
         self.start = 0;
         self.end = 0;
-        self.flights.waiting();
-        let got = loop {
-            match self.sock.read(&mut out[kept..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        let got = match got {
+        let got = match read_socket(&mut self.sock, &self.flights, &mut out[kept..]) {
             Ok(0) => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the server closed the data connection without TLS close_notify",
