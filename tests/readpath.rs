@@ -299,13 +299,25 @@ fn a_whole_file_copy_from_pyftpdlib_ends_only_at_stripe_ends() {
     copy_with(Kind::Pyftpdlib, 4, 24 * MIB + 7);
 }
 
+/// Each transfer's rate in `a_reader_that_stops_early_stops_its_stripes`.
+const STOP_TEST_RATE: u64 = 16 * MIB;
+
+/// The stripes of a reader that closes the file stop at the close, not only when they find
+/// the reader idle (`IDLE_STOP`, 3 s later). The server sends each transfer at a fixed rate,
+/// so what the stripes fetch before the close reaches them depends on time, not on how fast
+/// this machine happens to be then: on loopback without a limit they fetched 18 to 187 MB
+/// (the bound is 134 MB); at 16 MiB/s each, 37 to 56 MB (60 runs, two at a time). With the
+/// stop at the close disabled, the idle stop ended them at about 250 MB. The bound, half the
+/// file, leaves more than a second of delay at 4 × 16 MiB/s on either side.
 #[test]
 fn a_reader_that_stops_early_stops_its_stripes() {
     if !ready(Kind::Vsftpd) {
         return;
     }
     let size = 256 * MIB;
-    let (_root, server) = serve(Kind::Vsftpd, |r| write_pattern_file(&r.join("big.bin"), 22, size));
+    let root = new_root();
+    write_pattern_file(&root.path().join("big.bin"), 22, size);
+    let server = Server::builder(Kind::Vsftpd).root(root.path()).max_rate(STOP_TEST_RATE).start();
     let mount = Mount::builder(&server).args(["--connections", "4"]).start();
     let out = run(Command::new("head").args(["-c", "10M"]).arg(mount.path("big.bin")), HANG);
     assert!(out.status.success());

@@ -242,6 +242,7 @@ pub struct ServerBuilder {
     root: Option<PathBuf>,
     port: u16,
     max_clients: Option<u32>,
+    max_rate: Option<u64>,
     user: Option<(String, String)>,
     tls_max_12: bool,
     pasv_range: Option<(u16, u16)>,
@@ -278,6 +279,13 @@ impl ServerBuilder {
     /// Cap concurrent control connections; the next one gets a 421.
     pub fn max_clients(mut self, n: u32) -> Self {
         self.max_clients = Some(n);
+        self
+    }
+
+    /// vsftpd only: each transfer is sent at most this many bytes per second, so what a
+    /// transfer delivers in a given time does not depend on how fast the machine is then.
+    pub fn max_rate(mut self, bytes_per_second: u64) -> Self {
+        self.max_rate = Some(bytes_per_second);
         self
     }
 
@@ -355,6 +363,9 @@ impl ServerBuilder {
         }
         if let Some(n) = self.max_clients {
             cmd.args(["--max-clients", &n.to_string()]);
+        }
+        if let Some(rate) = self.max_rate {
+            cmd.args(["--max-rate", &rate.to_string()]);
         }
         if let Some((name, password)) = &self.user {
             cmd.args(["--user", name, "--password-env", PASSWORD_ENV]);
@@ -487,6 +498,7 @@ impl Server {
             root: None,
             port: 0,
             max_clients: None,
+            max_rate: None,
             user: None,
             tls_max_12: false,
             pasv_range: None,
