@@ -345,13 +345,13 @@ impl Fetcher {
                 }
             }
         };
-        if let Some((i, b)) = current.take() {
-            self.writer.offer(file, i, &b);
-        }
         let (pos, end, stop) = {
             let t = s.st.lock();
             (t.pos, t.end, t.stop)
         };
+        // Closed before the last block goes to the cache writer, which may keep this thread
+        // waiting for room (up to `OFFER_WAIT`): an open transfer at its planned end keeps
+        // taking what the server sends past it all that time.
         if let Some(r) = reader {
             if pos < size {
                 if pos >= end {
@@ -361,6 +361,9 @@ impl Fetcher {
                 }
             }
             r.close();
+        }
+        if let Some((i, b)) = current.take() {
+            self.writer.offer(file, i, &b);
         }
         log::debug!("{:?} of {} from {} ended at {pos} (planned {end}): {outcome:?}", s.kind, file.id.path, s.start);
         {
